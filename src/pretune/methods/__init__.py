@@ -1,0 +1,33 @@
+"""The tuning methods. Each maps a batch of examples to one score per label."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from ..errors import UserError
+from .base import Method, MethodConfig
+from .head import HeadConfig, HeadMethod
+
+METHODS: dict[str, type[Method]] = {HeadMethod.name: HeadMethod}
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise UserError(f"unknown method '{name}' (choose one of {', '.join(METHODS)})")
+    return METHODS[name]
+
+
+def make_config(name: str, options: dict) -> MethodConfig:
+    """A method's config dataclass from a flat dict of options; unknown keys are an error."""
+    cls = method_class(name).config_class
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"method '{name}' has no option {', '.join(unknown)} (its options: {', '.join(sorted(known))})")
+    config = cls(**options)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+__all__ = ["METHODS", "Method", "MethodConfig", "HeadConfig", "HeadMethod", "method_class", "make_config"]
