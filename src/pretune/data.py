@@ -287,11 +287,11 @@ def _finish_task(name, labels, metric, train, dev, test, source, known_regressio
         labels = infer_labels(train)
     if labels is not None:
         labels = [str(label) for label in labels]
-        if len(set(labels)) < 2:
-            raise UserError(f"{source}: a task needs at least two labels, found only {labels}")
         seen = {e.label for e in train}
         if len(seen) < 2:
             raise UserError(f"{source}: the training data has one class only ('{next(iter(seen))}')")
+        if len(set(labels)) < 2:
+            raise UserError(f"{source}: a task needs at least two labels, found only {labels}")
     for split_name, examples in (("train", train), ("dev", dev), ("test", test)):
         check_labels(examples, labels, split_name)
     if labels is None:

@@ -36,7 +36,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_grad_norm: float | None = 1.0
-    eval_every: int | None = None  # steps between dev evaluations; None: once per epoch
+    eval_every: int | None = None  # steps between dev evaluations; None: about 10 per run, at most one per epoch
     patience: int | None = None  # evaluations without improvement before stopping; None: never stop early
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -186,7 +186,7 @@ class Trainer:
         warmup = int(config.warmup_ratio * total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
         per_epoch = math.ceil(len(train_items) / (config.batch_size * config.grad_accum))
-        eval_every = config.eval_every or per_epoch
+        eval_every = config.eval_every or max(per_epoch, math.ceil(total / 10))
         has_dev = bool(dev_items)
         targets_all = target_tensor(task, train_targets)
 

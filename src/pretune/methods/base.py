@@ -30,6 +30,9 @@ class MethodConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def validate(self, task: Task | None = None) -> None:
+        """Check the options (and fill task-dependent defaults) before any model loads."""
+
 
 class Method(nn.Module):
     """Base class: subclasses set `name`, `config_class` and implement the four steps."""
@@ -40,6 +43,11 @@ class Method(nn.Module):
     # (head, prompt encoder) usually want a much larger rate than a pretrained body.
     default_lr: ClassVar[float] = 1e-3
     default_body_lr: ClassVar[float] = 1e-5
+    default_training: ClassVar[str] = "frozen"  # which body parameters train when the user does not say
+
+    @classmethod
+    def check_backbone(cls, backbone: Backbone) -> None:
+        """Refuse, with a UserError, a model this method cannot use (e.g. PET on an encoder)."""
 
     def __init__(self, backbone: Backbone, task: Task, config: MethodConfig, training: BodyTraining):
         super().__init__()

@@ -26,8 +26,9 @@ class HeadConfig(MethodConfig):
     pooling: str = "auto"  # auto (cls for masked LMs and encoders, last token for causal LMs) | cls | last | mean
     max_length: int = 256
     encode_batch_size: int = 32
+    cache: bool = True  # with a frozen body, encode each example once and train on the cached features
 
-    def validate(self) -> None:
+    def validate(self, task=None) -> None:
         if self.head not in ("linear", "mlp"):
             raise UserError(f"unknown --head '{self.head}' (choose linear or mlp)")
         if self.pooling not in POOLINGS:
@@ -49,7 +50,7 @@ class HeadMethod(Method):
         super().__init__(backbone, task, config, training)
         self.pooling = config.pooling if config.pooling != "auto" else ("last" if backbone.kind == "causal" else "cls")
         self.head = _build_head(backbone.hidden_size, task.num_labels, config)
-        self.uses_cache = training.is_frozen
+        self.uses_cache = training.is_frozen and config.cache
         self.pad_id = backbone.tokenizer.pad_token_id
 
     # -- featurize: token ids, or cached features when the body is frozen -----------

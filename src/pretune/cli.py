@@ -1,0 +1,282 @@
+"""The `pretune` command: train | eval | predict | models | demo.
+
+Every mistake the user can fix ends as one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+# Method options: (flag, config field, type, help). Only the options a user gives reach the
+# method's config, and a method refuses options it does not have.
+METHOD_OPTIONS = [
+    ("--head", "head", str, "head: linear | mlp"),
+    ("--hidden", "hidden", int, "head: hidden width of the MLP head"),
+    ("--dropout", "dropout", float, "head: dropout before the head"),
+    ("--pooling", "pooling", str, "head: auto | cls | last | mean"),
+    ("--max-length", "max_length", int, "longest input in tokens (longer inputs are truncated)"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (what is wrong, where to look) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pretune", description="Tune pretrained language models to small tasks.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a method on a task and write a run folder")
+    _add_run_arguments(train)
+    train.add_argument("--out", required=True, help="run folder to create")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained run, or a method as it is (zero-shot)")
+    evaluate.add_argument("--run", help="a completed run folder (then --input is a labelled data file)")
+    evaluate.add_argument("--input", help="labelled data file to evaluate a run on")
+    _add_run_arguments(evaluate, task_required=False)
+    evaluate.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
+
+    predict = commands.add_parser("predict", help="label new data with a trained run")
+    predict.add_argument("--run", required=True, help="a completed run folder")
+    predict.add_argument("--input", required=True, help="data file (.jsonl, .csv, .tsv); labels not needed")
+    predict.add_argument("--output", help="write predictions here (JSON lines) instead of stdout")
+    _add_column_arguments(predict)
+
+    commands.add_parser("models", help="list the packaged models and whether they are installed")
+
+    demo = commands.add_parser("demo", help="the main job in small: few-shot SST-2 on the default model")
+    demo.add_argument("--model", default=None, help="model (default: smollm2-135m)")
+    demo.add_argument("--out", default="runs/demo", help="where the demo's run folders go")
+    demo.add_argument("--quick", action="store_true", help="a few test examples only (for tests)")
+    return parser
+
+
+def _add_column_arguments(parser) -> None:
+    parser.add_argument("--text-field", default="text", help="column holding the text")
+    parser.add_argument("--pair-field", default="text_pair", help="column holding the second text (pair tasks)")
+    parser.add_argument("--label-field", default="label", help="column holding the label")
+
+
+def _add_run_arguments(parser, task_required: bool = True) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--task", required=task_required, help="task folder, data file, or benchmark task name (sst-2)")
+    data.add_argument("--split-seed", type=int, help="which K-<seed> split of a few-shot task folder")
+    data.add_argument("--shots", type=int, help="sample K examples per class for train and dev (LM-BFF)")
+    _add_column_arguments(data)
+
+    model = parser.add_argument_group("model and method")
+    model.add_argument("--model", default="smollm2-135m", help="packaged name, folder, .gguf file or hub id")
+    model.add_argument("--method", default="head", help="head | pet | ptuning | deep-prompt")
+    model.add_argument("--train", dest="body", help="which body parameters train: frozen | full | bitfit | lora | last:N")
+    model.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    model.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
+    for flag, dest, kind, text in METHOD_OPTIONS:
+        model.add_argument(flag, dest=f"opt_{dest}", type=kind, help=text)
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--steps", type=int, help="optimizer steps (default: --epochs)")
+    training.add_argument("--epochs", type=float, default=10.0, help="epochs when --steps is not given")
+    training.add_argument("--batch-size", type=int, default=8)
+    training.add_argument("--eval-batch-size", type=int, default=32)
+    training.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    training.add_argument("--lr", type=float, help="learning rate of the method's own parameters (head, prompt)")
+    training.add_argument("--body-lr", type=float, help="learning rate of the trainable body parameters")
+    training.add_argument("--weight-decay", type=float, default=0.01)
+    training.add_argument("--warmup-ratio", type=float, default=0.06)
+    training.add_argument("--max-grad-norm", type=float, default=1.0)
+    training.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: each epoch)")
+    training.add_argument("--patience", type=int, help="stop after this many evaluations without improvement")
+    training.add_argument("--seed", type=int, default=42)
+    training.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    training.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_config_from_args(args):
+    from .api import RunConfig
+    from .train import TrainConfig
+
+    options = {dest: getattr(args, f"opt_{dest}") for _, dest, _, _ in METHOD_OPTIONS}
+    options = {k: v for k, v in options.items() if v is not None}
+    training = TrainConfig(
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        body_lr=args.body_lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        max_grad_norm=args.max_grad_norm,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+    )
+    return RunConfig(
+        task=args.task,
+        model=args.model,
+        method=args.method,
+        method_options=options,
+        train=args.body,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        split_seed=args.split_seed,
+        shots=args.shots,
+        text_field=args.text_field,
+        pair_field=args.pair_field,
+        label_field=args.label_field,
+        training=training,
+    )
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from .api import train_run
+
+    result = train_run(run_config_from_args(args), out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+    _print_summary(result.metrics, result.folder)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    if args.run:
+        metrics = _evaluate_run(args)
+    else:
+        if not args.task:
+            raise UserError("eval needs --run DIR --input FILE, or --task to evaluate a method as it is (zero-shot)")
+        from .api import evaluate_untrained
+
+        metrics = evaluate_untrained(run_config_from_args(args), progress=not args.quiet)
+    print(json.dumps(metrics, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+def _evaluate_run(args) -> dict:
+    from .api import load_run
+    from .data import Columns, check_labels, read_examples
+    from .train import evaluate
+
+    if not args.input:
+        raise UserError("eval --run needs --input FILE (labelled data)")
+    predictor = load_run(args.run, device=args.device)
+    examples = read_examples(args.input, Columns(args.text_field, args.pair_field, args.label_field))
+    check_labels(examples, predictor.task.labels, "input")
+    items = predictor.method.featurize(examples, progress=not args.quiet)
+    metrics, _ = evaluate(predictor.method, items, predictor.task.targets(examples), progress=not args.quiet)
+    return {"input": str(args.input), "examples": len(examples), **metrics}
+
+
+def cmd_predict(args) -> int:
+    from .api import load_run
+    from .data import Columns, read_examples
+
+    predictor = load_run(args.run)
+    columns = Columns(args.text_field, args.pair_field, args.label_field)
+    examples = read_examples(args.input, columns, require_label=False)
+    rows = predictor.predict(examples, progress=True)
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if args.output:
+        from .runs import atomic_write_text
+
+        if Path(args.output).exists():
+            raise UserError(f"--output {args.output} already exists; choose another file")
+        atomic_write_text(Path(args.output), lines)
+        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .backbones import describe_packaged
+
+    print(f"{'name':<14} {'kind':<8} {'installed':<10} {'converted':<10} about")
+    for row in describe_packaged():
+        converted = "-" if row["converted"] is None else ("yes" if row["converted"] else "no")
+        print(f"{row['name']:<14} {row['kind']:<8} {'yes' if row['installed'] else 'no':<10} {converted:<10} {row['about']}")
+        if not row["installed"]:
+            print(f"{'':<14} install: {row['install']}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(model=args.model, out=args.out, quick=args.quick)
+    return 0
+
+
+def _print_summary(metrics: dict, folder) -> None:
+    for split in ("dev", "test"):
+        if split in metrics:
+            values = "  ".join(f"{k} {v:.4f}" for k, v in metrics[split].items() if k != "examples")
+            print(f"{split:<5} {values}")
+    print(f"trainable parameters {metrics['trainable_parameters']:,}  train time {metrics['train']['seconds']:.1f} s")
+    if folder is not None:
+        print(f"run folder {folder}")
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "models": cmd_models,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"pretune: error: {error}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("pretune: interrupted", file=sys.stderr)
+        return 130
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines printed above the progress bars instead of through them."""
+
+    def emit(self, record):
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _quiet_libraries() -> None:
+    """Our own progress and log lines on the console; the libraries' chatter off."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_TqdmHandler()])
+    for name in ("transformers", "accelerate", "peft", "gguf", "httpx", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

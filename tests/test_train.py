@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from pretune.errors import UserError
+from pretune.methods import HeadConfig, HeadMethod
+from pretune.train import TrainConfig, Trainer, _linear_schedule, evaluate, loss_fn, set_seed, target_tensor
+from pretune.tuning import BodyTraining
+
+
+def fit(backbone, task, **config):
+    set_seed(config.get("seed", 42))  # the head's initial weights come from the seed too
+    method = HeadMethod(backbone, task, HeadConfig(), BodyTraining.parse("frozen"))
+    items = method.featurize(task.train, progress=False)
+    targets = task.targets(task.train)
+    result = Trainer(method, TrainConfig(**config), progress=False, log=None).fit(items, targets, items, targets)
+    return method, items, result
+
+
+def test_loss_falls_and_best_dev_state_is_kept(tiny_causal, task):
+    method, items, result = fit(tiny_causal, task, epochs=40, lr=5e-2, eval_every=2)
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert result.best_dev == max(row["dev_accuracy"] for row in result.history)
+    assert evaluate(method, items, task.targets(task.train))[0]["accuracy"] == result.best_dev
+
+
+def test_same_seed_same_result_and_other_seed_differs(tiny_mlm, task):
+    first = fit(tiny_mlm, task, steps=5, seed=3)[2].history
+    second = fit(tiny_mlm, task, steps=5, seed=3)[2].history
+    third = fit(tiny_mlm, task, steps=5, seed=4)[2].history
+    assert first == second
+    assert first != third
+
+
+def test_early_stopping(tiny_mlm, task):
+    _, _, result = fit(tiny_mlm, task, steps=200, lr=1e-9, eval_every=1, patience=3)
+    assert result.stopped_early and result.steps < 200
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    factor = _linear_schedule(warmup=2, total=10)
+    values = [factor(step) for step in range(11)]
+    assert values[0] < values[1] < values[2] == 1.0
+    assert values[-1] == 0.0 and all(a >= b for a, b in zip(values[2:], values[3:]))
+
+
+def test_soft_targets_and_regression_losses(task):
+    scores = torch.tensor([[2.0, 0.0]])
+    hard = loss_fn(task, scores, target_tensor(task, [0]))
+    soft = loss_fn(task, scores, target_tensor(task, [[1.0, 0.0]]))
+    assert torch.isclose(hard, soft)
+    from pretune.data import Task
+
+    regression = Task("sts", None, "pearson")
+    assert loss_fn(regression, torch.tensor([[1.0]]), target_tensor(regression, [3.0])).item() == 4.0
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"steps": 0}, {"lr": -1.0}, {"epochs": 0}])
+def test_bad_training_options(bad):
+    with pytest.raises(UserError):
+        TrainConfig(**bad).validate()
+
+
+def test_divergence_is_a_clear_error(tiny_mlm, task):
+    with pytest.raises(UserError, match="training diverged"):
+        fit(tiny_mlm, task, steps=3, lr=float("inf"))
