@@ -17,7 +17,7 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def make_config(name: str, options: dict) -> MethodConfig:
+def make_config(name: str, options: dict, task=None) -> MethodConfig:
     """A method's config dataclass from a flat dict of options; unknown keys are an error."""
     cls = method_class(name).config_class
     known = {f.name for f in fields(cls)}
@@ -25,8 +25,7 @@ def make_config(name: str, options: dict) -> MethodConfig:
     if unknown:
         raise UserError(f"method '{name}' has no option {', '.join(unknown)} (its options: {', '.join(sorted(known))})")
     config = cls(**options)
-    if hasattr(config, "validate"):
-        config.validate()
+    config.validate(task)
     return config
 
 
