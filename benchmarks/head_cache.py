@@ -1,6 +1,6 @@
 """Frozen-body feature cache vs. re-encoding every step: same model, data, head and seed.
 
-    python benchmarks/head_cache.py [--model smollm2-135m] [--epochs 20]
+    python benchmarks/head_cache.py [--model smollm2-135m] [--epochs 20] [--threads 1]
 
 Both arms train the same linear head on few-shot SST-2 (split 16-42, 32 sentences, batch 8) with a
 frozen body; one encodes each sentence once and trains on the cached features, the other runs the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -41,22 +42,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "head_cache.json"))
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     task = load_task("sst-2", split_seed=42)
     backbone = load_backbone(args.model)
+    load_before = os.getloadavg()[0]
     cached = arm(backbone, task, cache=True, epochs=args.epochs)
     live = arm(backbone, task, cache=False, epochs=args.epochs)
     ratio = live["train_seconds"] / cached["train_seconds"]
+    load = {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
     result = {
         "model": args.model, "task": "sst-2 (16-42)", "epochs": args.epochs, "batch_size": 8,
         "torch_threads": torch.get_num_threads(), "cached": cached, "re_encoding": live, "speedup": ratio,
+        "load_average_1min": load, "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     print(f"model {args.model}, few-shot SST-2 (32 train, 872 test), {args.epochs} epochs, batch 8, frozen body")
     print(f"cached features : train {cached['train_seconds']:8.2f} s   test accuracy {cached['test_accuracy']:.4f}")
     print(f"re-encoding     : train {live['train_seconds']:8.2f} s   test accuracy {live['test_accuracy']:.4f}")
     print(f"speed-up of the cache: {ratio:.1f}x")
+    print(f"1-minute load average {load['before']:.1f} before, {load['after']:.1f} after, on {load['cpus']} CPUs; "
+          f"torch threads {torch.get_num_threads()}; {result['date']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -7,13 +7,17 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# One thread per process: the tests' models are small, several tests start child processes
+# (torchrun, the benchmark worker), and oversubscribed cores make torch many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pretune.backbones import Backbone, load_backbone, resolve
-from pretune.data import Example, Task
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+from pretune.backbones import Backbone, load_backbone, resolve  # noqa: E402
+from pretune.data import Example, Task  # noqa: E402
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "src" / "pretune" / "examples" / "sentiment"

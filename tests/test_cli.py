@@ -1,12 +1,14 @@
 """The `pretune` command end to end on the real bert-tiny, and its answers to bad input."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
 from pretune.cli import main
+from pretune.demo import ARMS
 
 TRAIN = ["--model", "bert-tiny", "--method", "head", "--epochs", "20", "--lr", "0.01", "--quiet"]
 
@@ -120,4 +122,8 @@ def test_models_lists_the_packaged_models(capsys):
 def test_demo_runs_in_quick_mode(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "demo", "--model", "bert-tiny", "--quick", "--out", tmp_path / "demo")
     assert code == 0
-    assert "packaged example set" in out and "head" in out and "%" in out
+    assert "packaged example set" in out
+    for arm in ("classic: linear head", "PET zero-shot", "P-tuning", "PET fine-tuned"):
+        assert re.search(rf"{arm}.*\d+\.\d%", out), arm
+    (summary,) = (tmp_path / "demo").glob("demo-*.json")
+    assert [row["method"] for row in json.loads(summary.read_text())["arms"]] == [arm.label for arm in ARMS]

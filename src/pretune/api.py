@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,10 +20,12 @@ import torch
 
 from . import __version__
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
+from .checkpoint import Checkpointer
 from .data import Columns, Example, Task, few_shot_task, load_task
+from .distributed import processes
 from .errors import UserError
 from .methods import Method, make_config, method_class
-from .runs import RunFolder, guarded, open_completed
+from .runs import RunFolder, guarded, open_completed, open_resumable
 from .train import TrainConfig, Trainer, evaluate, resolve_device, score, set_seed
 from .tuning import BodyTraining
 
@@ -103,34 +106,75 @@ def train_run(
     backbone: Backbone | None = None,
 ) -> RunResult:
     """Train a method on a task's train split, keep the best state on dev, evaluate dev and test,
-    and (with `out`) write a run folder."""
+    and (with `out`) write a run folder, with checkpoints to resume from (`resume_run`).
+    Under a multi-process launcher only rank 0 writes the folder."""
     task = prepare_task(config)
     method_config, _ = validate(config, task)
-    run = RunFolder.create(out, overwrite) if out is not None else None
-    if run is None:
+    if out is None:
         return _train_and_evaluate(config, task, None, progress, backbone)
-    with guarded(run):
-        return _train_and_evaluate(config, task, run, progress, backbone)
+    group = processes()
+    run = group.on_main(lambda: RunFolder.create(out, overwrite))
+    checkpoints = Checkpointer(out, config.training.checkpoint_every, write=group.is_main)
+    with _guarded(run):
+        if run is not None:
+            run.write_config(_saved_config(config, task))  # at the start: what `resume_run` reads
+        return _train_and_evaluate(config, task, run, progress, backbone, checkpoints)
 
 
-def _train_and_evaluate(config, task, run, progress, backbone) -> RunResult:
+def resume_run(
+    folder: str | Path, progress: bool = True, device: str | None = None, backbone: Backbone | None = None
+) -> RunResult:
+    """Continue an interrupted run (killed, crashed, stopped) from its newest checkpoint, with the
+    configuration of its config.yaml; the result equals that of an uninterrupted run (on CPU).
+    A run that stopped before its first checkpoint starts again from the beginning."""
+    run = open_resumable(folder)
+    config = config_from_dict(run.read_config())
+    if device is not None:
+        config.training.device = device
+    task = prepare_task(config)
+    validate(config, task)
+    group = processes()
+    checkpoints = Checkpointer(run.path, config.training.checkpoint_every, write=group.is_main)
+    group.on_main(checkpoints.load)  # rank 0 first: it repairs a checkpoint a kill left half-replaced
+    if not group.is_main:
+        checkpoints.load()
+    run = run if group.is_main else None
+    if run is not None:
+        run.set_status("running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    with _guarded(run, created_here=False):
+        return _train_and_evaluate(config, task, run, progress, backbone, checkpoints)
+
+
+def _guarded(run: RunFolder | None, created_here: bool = True):
+    return guarded(run, created_here) if run is not None else nullcontext()
+
+
+def _train_and_evaluate(config, task, run, progress, backbone, checkpoints=None) -> RunResult:
+    progress = progress and processes().is_main  # one set of progress bars for a data-parallel run
     handler = _attach_log(run)
     try:
         method = build_method(config, task, backbone)
-        trainer = Trainer(method, config.training, progress=progress, log=log.info)
+        trainer = Trainer(method, config.training, progress=progress, log=log.info, checkpoints=checkpoints)
         method.to(trainer.device)
+        start = time.perf_counter()
         train_items = method.featurize(task.train, progress=progress)
         dev_items = method.featurize(task.dev, progress=progress) if task.dev else None
-        result = trainer.fit(train_items, task.targets(task.train), dev_items, task.targets(task.dev) if task.dev else None)
+        # With a frozen body this is the encoding pass itself: part of what training costs.
+        featurize_seconds = time.perf_counter() - start
+        dev_targets = task.targets(task.dev) if task.dev else None
+        result = method.fit(trainer, train_items, task.targets(task.train), dev_items, dev_targets)
         method.finalize()
-        metrics = {"train": _train_summary(result)}
-        metrics.update(_evaluate_splits(method, task, config, progress, run))
-        metrics.update(_sizes(method))
-        if run is not None:
-            metrics["adapter_bytes"] = run.save_weights(method.trainable_state_dict())
-            run.write_config(_saved_config(config, task))
-            run.write_metrics(metrics)
-            run.complete()
+        metrics = {"train": {**_train_summary(result), "featurize_seconds": featurize_seconds}}
+        group = processes()
+        if group.is_main:  # the other processes of a data-parallel run wait for rank 0's results
+            metrics.update(_evaluate_splits(method, task, config, progress, run))
+            metrics.update(_sizes(method))
+            if run is not None:
+                metrics["adapter_bytes"] = run.save_weights(method.trainable_state_dict())
+                run.write_metrics(metrics)
+                run.complete()
+                checkpoints.remove()  # the adapter holds the result now
+        metrics = group.broadcast(metrics)
         return RunResult(run.path if run else None, metrics, method)
     finally:
         _detach_log(handler)

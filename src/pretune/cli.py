@@ -1,4 +1,4 @@
-"""The `pretune` command: train | eval | predict | models | demo.
+"""The `pretune` command: train | eval | predict | models | demo | bench.
 
 Every mistake the user can fix ends as one line on stderr and exit code 2, never a traceback.
 """
@@ -15,13 +15,29 @@ from pathlib import Path
 from .errors import UserError
 
 # Method options: (flag, config field, type, help). Only the options a user gives reach the
-# method's config, and a method refuses options it does not have.
+# method's config, and a method refuses options it does not have. Type `list`: the flag may be
+# repeated; type `bool`: a switch.
 METHOD_OPTIONS = [
-    ("--head", "head", str, "head: linear | mlp"),
+    ("--head", "head", str, "head, and ptuning/deep-prompt with --readout head: linear | mlp"),
     ("--hidden", "hidden", int, "head: hidden width of the MLP head"),
     ("--dropout", "dropout", float, "head: dropout before the head"),
     ("--pooling", "pooling", str, "head: auto | cls | last | mean"),
     ("--max-length", "max_length", int, "longest input in tokens (longer inputs are truncated)"),
+    ("--pattern", "patterns", list, "pet: cloze pattern, e.g. '{text} It was {mask}.'; repeat it for an ensemble. "
+     "ptuning: a template with soft tokens [P], [P*4], [P:word], e.g. '[P*4]{text} It was {mask}.'"),
+    ("--verbalizer", "verbalizer", str, "pet: label words, e.g. 'positive=great,good negative=bad,awful'"),
+    ("--aggregate", "aggregate", str, "pet: how a label's words combine: logsumexp | mean | max"),
+    ("--calibrate", "calibrate", bool, "pet: contextual calibration by content-free inputs (Zhao et al. 2021)"),
+    ("--unlabelled", "unlabelled", str, "pet: data file of unlabelled texts (auxiliary LM loss, distillation)"),
+    ("--aux-lm-weight", "aux_lm_weight", float, "pet: weight of the auxiliary LM loss on unlabelled text (PET: 1e-4)"),
+    ("--ensemble-weighting", "ensemble_weighting", str, "pet: uniform | dev (members weighted by accuracy before training)"),
+    ("--distil", "distil", bool, "pet: distil the pattern ensemble into one model on the --unlabelled texts"),
+    ("--distil-temperature", "distil_temperature", float, "pet: softens the ensemble's soft labels (PET: 2)"),
+    ("--encoder", "encoder", str, "ptuning: prompt encoder of the soft tokens: lstm | mlp | none (the embeddings train)"),
+    ("--prompt-length", "prompt_length", int,
+     "ptuning: soft tokens put in front of the pattern (prompt tuning); deep-prompt: prefix vectors at every layer"),
+    ("--reparam", "reparam", bool, "deep-prompt: train the prefixes through an MLP (materialised after training)"),
+    ("--readout", "readout", str, "ptuning, deep-prompt: label scores from the verbalizer's words, or a head: verbalizer | head"),
 ]
 
 
@@ -37,9 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     train = commands.add_parser("train", help="train a method on a task and write a run folder")
-    _add_run_arguments(train)
-    train.add_argument("--out", required=True, help="run folder to create")
+    _add_run_arguments(train, task_required=False)  # --resume DIR needs no --task
+    train.add_argument("--out", help="run folder to create")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    train.add_argument(
+        "--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint, with its own options"
+    )
+    train.add_argument(
+        "--checkpoint-every", type=int, metavar="N", help="steps between checkpoints (default: at an evaluation every 10 minutes; 0: at the end)"
+    )
 
     evaluate = commands.add_parser("eval", help="evaluate a trained run, or a method as it is (zero-shot)")
     evaluate.add_argument("--run", help="a completed run folder (then --input is a labelled data file)")
@@ -55,11 +77,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("models", help="list the packaged models and whether they are installed")
 
+    _add_bench_parser(commands)
+
     demo = commands.add_parser("demo", help="the main job in small: few-shot SST-2 on the default model")
     demo.add_argument("--model", default=None, help="model (default: smollm2-135m)")
     demo.add_argument("--out", default="runs/demo", help="where the demo's run folders go")
-    demo.add_argument("--quick", action="store_true", help="a few test examples only (for tests)")
+    demo.add_argument("--quick", action="store_true", help="the packaged example set and a few steps per arm (for tests)")
     return parser
+
+
+def _add_bench_parser(commands) -> None:
+    bench = commands.add_parser(
+        "bench", help="few-shot benchmark (LM-BFF protocol): every arm x seed on tasks, with baselines; tables and plots"
+    )
+    bench.add_argument("--task", help="task(s), comma-separated: benchmark names (sst-2), task folders or data files")
+    bench.add_argument("--model", default="smollm2-135m", help="packaged name, folder, .gguf file or hub id")
+    bench.add_argument("--methods", help="arms to run, comma-separated (default: every arm; see --list-arms)")
+    bench.add_argument("--seeds", default="13,21,42,87,100", help="seeds: split K-<seed> and training seed")
+    bench.add_argument("--shots", type=int, help="sample K examples per class per seed (datasets without splits)")
+    bench.add_argument("--steps", type=int, default=100, help="optimizer steps of every trained arm")
+    bench.add_argument("--batch-size", type=int, default=8)
+    bench.add_argument("--eval-batch-size", type=int, default=32)
+    bench.add_argument("--threads", type=int, help="torch threads in each run (default: torch's own choice)")
+    bench.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (default 1)")
+    bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    bench.add_argument("--out", help="results folder (an earlier benchmark's folder continues where it stopped)")
+    bench.add_argument("--list-arms", action="store_true", help="list the arms and whether they can run here")
+    bench.add_argument("--report-only", action="store_true", help="rewrite the report from --out's results; run nothing")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_column_arguments(bench)
 
 
 def _add_column_arguments(parser) -> None:
@@ -82,7 +128,7 @@ def _add_run_arguments(parser, task_required: bool = True) -> None:
     model.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
     model.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
     for flag, dest, kind, text in METHOD_OPTIONS:
-        model.add_argument(flag, dest=f"opt_{dest}", type=kind, help=text)
+        _add_method_option(model, flag, f"opt_{dest}", kind, text)
 
     training = parser.add_argument_group("training")
     training.add_argument("--steps", type=int, help="optimizer steps (default: --epochs)")
@@ -100,6 +146,16 @@ def _add_run_arguments(parser, task_required: bool = True) -> None:
     training.add_argument("--seed", type=int, default=42)
     training.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     training.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_method_option(group, flag: str, dest: str, kind, text: str) -> None:
+    # Unset options stay None, so that only what the user gives reaches the method's config.
+    if kind is bool:
+        group.add_argument(flag, dest=dest, action="store_const", const=True, help=text)
+    elif kind is list:
+        group.add_argument(flag, dest=dest, action="append", help=text)
+    else:
+        group.add_argument(flag, dest=dest, type=kind, help=text)
 
 
 def run_config_from_args(args):
@@ -123,6 +179,7 @@ def run_config_from_args(args):
         patience=args.patience,
         seed=args.seed,
         device=args.device,
+        checkpoint_every=getattr(args, "checkpoint_every", None),
     )
     return RunConfig(
         task=args.task,
@@ -145,11 +202,41 @@ def run_config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from .api import train_run
+    from .api import resume_run, train_run
+    from .distributed import processes
 
-    result = train_run(run_config_from_args(args), out=args.out, overwrite=args.overwrite, progress=not args.quiet)
-    _print_summary(result.metrics, result.folder)
+    if args.resume:
+        _refuse_options_beside_resume(args)
+        device = None if args.device == "auto" else args.device
+        result = resume_run(args.resume, progress=not args.quiet, device=device)
+    else:
+        if not args.task or not args.out:
+            raise UserError("train needs --task and --out (or --resume DIR to continue an interrupted run)")
+        result = train_run(run_config_from_args(args), out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+    if processes().is_main:  # a data-parallel run prints its summary once
+        _print_summary(result.metrics, result.folder)
     return 0
+
+
+# What --resume may come with: every other option is the run's own, in its config.yaml.
+RESUME_COMPANIONS = {"command", "resume", "out", "device", "quiet"}
+
+
+def _refuse_options_beside_resume(args) -> None:
+    train = _subparser(build_parser(), "train")
+    defaults = vars(train.parse_args(["--resume", args.resume]))
+    given = [name for name, value in vars(args).items() if name not in RESUME_COMPANIONS and value != defaults.get(name)]
+    if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        given.append("out")
+    if given:
+        flags = {action.dest: action.option_strings[0] for action in train._actions if action.option_strings}
+        named = ", ".join(flags.get(name, name) for name in sorted(given))
+        raise UserError(f"--resume {args.resume} continues the run with the options in its config.yaml; drop {named}")
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]
 
 
 def cmd_eval(args) -> int:
@@ -215,6 +302,62 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .arms import ARMS
+    from .bench import BenchConfig, run_bench
+
+    if args.list_arms:
+        for name, arm in ARMS.items():
+            reason = arm.unavailable_reason()
+            print(f"{name:<13} {arm.family:<13} {'not available: ' + reason if reason else arm.about}")
+        return 0
+    if not args.task or not args.out:
+        raise UserError("bench needs --task and --out (or --list-arms)")
+    config = BenchConfig(
+        tasks=_comma_list(args.task, "--task"),
+        out=Path(args.out),
+        model=args.model,
+        arms=_comma_list(args.methods, "--methods") if args.methods else list(ARMS),
+        seeds=[_integer(seed, "--seeds") for seed in _comma_list(args.seeds, "--seeds")],
+        steps=args.steps,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        shots=args.shots,
+        device=args.device,
+        threads=args.threads,
+        jobs=args.jobs,
+        text_field=args.text_field,
+        pair_field=args.pair_field,
+        label_field=args.label_field,
+        progress=not args.quiet,
+        report_only=args.report_only,
+    )
+    outcome = run_bench(config)
+    for name, reason in outcome.skipped_arms.items():
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    print(f"{outcome.ran} runs done, {outcome.reused} already in {outcome.folder}"
+          + (f", {outcome.missing} missing" if outcome.missing else "") + f"; report: {outcome.folder / 'report.md'}")
+    if outcome.failed:
+        print(f"pretune: {len(outcome.failed)} runs failed (logs in {outcome.folder / 'logs'}); "
+              "rerun the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _comma_list(value: str, flag: str) -> list[str]:
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise UserError(f"{flag} is empty")
+    return items
+
+
+def _integer(value: str, flag: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"{flag}: '{value}' is not a whole number") from None
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -238,6 +381,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "models": cmd_models,
     "demo": cmd_demo,
+    "bench": cmd_bench,
 }
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from .errors import UserError
 
 METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson")
+# Other names task files use for the same metrics (GLUE's, scikit-learn's).
+METRIC_ALIASES = {"matthews_correlation": "mcc", "matthews": "mcc", "acc": "accuracy", "pearsonr": "pearson"}
 
 
 @dataclass(frozen=True)
@@ -125,20 +127,37 @@ def _jsonl_rows(path: Path, text: str):
         yield f"{path}:{number}", row
 
 
+# csv refuses fields over 128 KiB by default; a long text is the model's to truncate, not an error.
+LONGEST_FIELD = 2**31 - 1
+
+
 def _delimited_rows(path: Path, text: str, delimiter: str):
+    csv.field_size_limit(max(csv.field_size_limit(), LONGEST_FIELD))
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    rows = _csv_rows(path, reader)
     try:
-        header = next(reader)
+        header = next(rows)
     except StopIteration:
         return
     header = [h.strip() for h in header]
-    for row in reader:
+    for row in rows:
         number = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
             raise UserError(f"{path}:{number}: expected {len(header)} columns ({', '.join(header)}), found {len(row)}")
         yield f"{path}:{number}", dict(zip(header, row))
+
+
+def _csv_rows(path: Path, reader):
+    """The reader's rows; its own errors (a NUL byte before Python 3.11) named by file and line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise UserError(f"{path}:{reader.line_num}: unreadable row ({error})") from None
 
 
 def _example(row: dict, where: str, columns: Columns, require_label: bool) -> Example:
@@ -229,6 +248,7 @@ def _task_from_folder(folder: Path, split_seed: int | None, columns: Columns, la
     meta = _task_meta(folder)
     name = meta.get("task") or folder.name
     metric = meta.get("metric", "accuracy")
+    metric = METRIC_ALIASES.get(metric, metric)
     if metric not in METRICS:
         raise UserError(f"{folder / 'task.json'}: unknown metric '{metric}' (known: {', '.join(METRICS)})")
     if labels is None and "labels" in meta:

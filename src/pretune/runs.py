@@ -28,6 +28,7 @@ from .errors import UserError
 
 WEIGHTS = "adapter.safetensors"
 STATUS = "run.json"
+CHECKPOINT = "checkpoint"  # the folder of the newest checkpoint (see `checkpoint`)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -128,16 +129,32 @@ class RunFolder:
         return self.status_info().get("status") == "complete"
 
 
-def open_completed(path) -> RunFolder:
-    """A finished run folder to predict with; anything else is one clear error."""
+def _existing_run(path, option: str) -> RunFolder:
+    """A folder that is a pretune run (whatever its status); errors name the option that gave it."""
     run = RunFolder(path)
     if not run.path.is_dir():
-        raise UserError(f"run folder not found: {run.path}")
+        raise UserError(f"{option}{run.path}: run folder not found")
     if not (run.path / STATUS).is_file():
-        raise UserError(f"{run.path} is not a pretune run folder (no {STATUS})")
+        raise UserError(f"{option}{run.path}: not a pretune run folder (no {STATUS})")
+    return run
+
+
+def open_completed(path) -> RunFolder:
+    """A finished run folder to predict with; anything else is one clear error."""
+    run = _existing_run(path, "")
     status = run.status_info().get("status")
     if status != "complete":
         raise UserError(f"run {run.path} is not complete (status: {status}); it cannot be used to predict")
+    return run
+
+
+def open_resumable(path) -> RunFolder:
+    """An interrupted run folder to continue: a pretune run with its config.yaml, not complete."""
+    run = _existing_run(path, "--resume ")
+    if run.is_complete:
+        raise UserError(f"--resume {run.path}: the run is already complete; nothing to resume")
+    if not (run.path / "config.yaml").is_file():
+        raise UserError(f"--resume {run.path}: no config.yaml (the run stopped before it began); start it again with --overwrite")
     return run
 
 
@@ -160,4 +177,4 @@ def guarded(run: RunFolder, created_here: bool = True):
 
 
 def _has_checkpoint(run: RunFolder) -> bool:
-    return (run.path / "checkpoint").exists()
+    return (run.path / CHECKPOINT).exists()

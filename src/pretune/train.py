@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import metrics
+from .checkpoint import Checkpointer, Snapshot, restore_rng, rng_state
 from .data import Task
+from .distributed import processes
 from .errors import UserError
 from .methods.base import Method
 
@@ -40,6 +42,7 @@ class TrainConfig:
     patience: int | None = None  # evaluations without improvement before stopping; None: never stop early
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    checkpoint_every: int | None = None  # steps between checkpoints of a run folder; None: every 10 minutes; 0: at the end only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +59,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 0:
+            raise UserError(f"--checkpoint-every must be 0 (at the end only) or more, got {self.checkpoint_every}")
 
 
 @dataclass
@@ -145,16 +150,79 @@ def evaluate(method: Method, items: list[dict], targets: list, batch_size: int =
 # ---------------------------------------------------------------- the loop
 
 
-class Trainer:
-    """Trains a method's parameters on featurized items; keeps the state that did best on dev."""
+class BatchOrder:
+    """Shuffled batches of example indices, epoch after epoch. Its state goes into checkpoints, so a
+    resumed run draws exactly the batches the interrupted one would have drawn."""
 
-    def __init__(self, method: Method, config: TrainConfig, progress: bool = True, log=print):
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size = size, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+        self.position = 0
+
+    def next(self) -> list[int]:
+        if self.position >= len(self.order):
+            self.order, self.position = torch.randperm(self.size, generator=self.generator).tolist(), 0
+        batch = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict:
+        order = torch.tensor(self.order, dtype=torch.long)
+        return {"generator": self.generator.get_state(), "order": order, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = state["order"].tolist(), state["position"]
+
+
+@dataclass
+class LoopState:
+    """The loop's counters and history: what a checkpoint holds besides weights, optimizer and RNGs."""
+
+    step: int = 0
+    seen: int = 0  # training examples seen (all processes together)
+    losses: list[float] = field(default_factory=list)  # one per step
+    history: list[dict] = field(default_factory=list)  # one row per evaluation
+    best_metric: float = -math.inf
+    best_step: int | None = None
+    bad_evals: int = 0  # evaluations since the last improvement
+    seconds: float = 0.0  # training time (checkpoint writing aside), summed over a run and its resumptions
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Trains a method's parameters on featurized items; keeps the state that did best on dev.
+
+    With `checkpoints`, the trainer writes a checkpoint every few steps and at the end of each
+    `fit` (a method may call `fit` once per phase), and continues from the checkpoint it was given.
+    Under a multi-process launcher it trains data-parallel (see `distributed`)."""
+
+    def __init__(
+        self, method: Method, config: TrainConfig, progress: bool = True, log=print,
+        checkpoints: Checkpointer | None = None,
+    ):
         config.validate()
         self.method = method
         self.config = config
-        self.progress = progress
-        self.log = log or (lambda *_: None)
-        self.device = resolve_device(config.device)
+        self.processes = processes()
+        self.progress = progress and self.processes.is_main
+        self.log = (log if self.processes.is_main else None) or (lambda *_: None)
+        self.device = self.processes.device(resolve_device(config.device))
+        self.checkpoints = checkpoints
+        self.phase = 0  # fit() calls so far
+        if checkpoints is not None and checkpoints.config not in (None, self._options()):
+            raise UserError(
+                f"{checkpoints.folder} was written with other training options than {checkpoints.run_folder}/config.yaml;"
+                " resume with the configuration the run started with"
+            )
+
+    def _options(self) -> dict:
+        """The training options a checkpoint must agree with (where it runs and how often it saves aside)."""
+        options = self.config.to_dict()
+        for name in ("device", "checkpoint_every"):
+            options.pop(name)
+        return options
 
     def _optimizer(self):
         groups = [g for g in self.method.param_groups(self.config.lr, self.config.body_lr) if g["params"]]
@@ -168,90 +236,164 @@ class Trainer:
         per_epoch = math.ceil(n_train / (self.config.batch_size * self.config.grad_accum))
         return max(1, math.ceil(per_epoch * self.config.epochs))
 
-    def _batches(self, n_train: int, generator: torch.Generator):
-        """Shuffled micro-batches of indices, epoch after epoch, forever."""
-        while True:
-            order = torch.randperm(n_train, generator=generator).tolist()
-            for start in range(0, n_train, self.config.batch_size):
-                yield order[start : start + self.config.batch_size]
-
     def fit(self, train_items: list[dict], train_targets: list, dev_items=None, dev_targets=None) -> TrainResult:
         config, method, task = self.config, self.method, self.method.task
         if not train_items:
             raise UserError("no training examples")
+        phase, self.phase = self.phase, self.phase + 1
+        finished = self.checkpoints.finished_phase(phase) if self.checkpoints else None
+        if finished is not None:
+            return self._finished_phase(*finished)
         set_seed(config.seed)
         method.to(self.device)
         optimizer = self._optimizer()
+        params = [p for g in optimizer.param_groups for p in g["params"]]
         total = self._total_steps(len(train_items))
         warmup = int(config.warmup_ratio * total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
         per_epoch = math.ceil(len(train_items) / (config.batch_size * config.grad_accum))
         eval_every = config.eval_every or max(per_epoch, math.ceil(total / 10))
-        has_dev = bool(dev_items)
         targets_all = target_tensor(task, train_targets)
+        batches = BatchOrder(len(train_items), config.batch_size, config.seed)
 
-        generator = torch.Generator().manual_seed(config.seed)
-        batches = self._batches(len(train_items), generator)
-        best_metric, best_step, best_state = -math.inf, None, None
-        history, bad_evals, seen, losses = [], 0, 0, []
-        stopped_early = False
+        snapshot = self.checkpoints.resume(phase) if self.checkpoints else None
+        if snapshot is not None:
+            loop, best_state = self._restore(snapshot, optimizer, scheduler, batches)
+        else:
+            loop, best_state = LoopState(), None
+            self.processes.sync_parameters(params)
         method.train()
         start = time.perf_counter()
-        bar = tqdm(total=total, desc=f"training {method.name}", unit="step", disable=not self.progress)
-        step = 0
-        while step < total:
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for _ in range(config.grad_accum):
-                indices = next(batches)
-                batch = _move(method.collate([train_items[i] for i in indices]), self.device)
-                loss = loss_fn(task, method(batch), targets_all[indices].to(self.device)) / config.grad_accum
-                loss.backward()
-                step_loss += loss.item()
-                seen += len(indices)
-            if not math.isfinite(step_loss):
-                raise UserError(f"training diverged: the loss became {step_loss} at step {step + 1}; try a lower --lr")
-            if config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in optimizer.param_groups for p in g["params"]], config.max_grad_norm
-                )
-            optimizer.step()
+        bar = tqdm(total=total, initial=loop.step, desc=f"training {method.name}", unit="step", disable=not self.progress)
+        while loop.step < total:
+            step_loss = self._step(optimizer, params, batches, train_items, targets_all, loop)
             scheduler.step()
-            step += 1
-            losses.append(step_loss)
+            loop.step += 1
+            loop.losses.append(step_loss)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
-            if step % eval_every == 0 or step == total:
-                row = {"step": step, "loss": float(np.mean(losses[-eval_every:]))}
-                if has_dev:
-                    dev_metrics, _ = evaluate(method, dev_items, dev_targets, config.eval_batch_size)
-                    method.train()
-                    row.update({f"dev_{k}": v for k, v in dev_metrics.items()})
-                    current = dev_metrics[task.metric]
-                    if current > best_metric:
-                        best_metric, best_step, bad_evals = current, step, 0
-                        best_state = {k: v.to("cpu", copy=True) for k, v in method.trainable_state_dict().items()}
-                    else:
-                        bad_evals += 1
-                history.append(row)
-                self.log(_format_row(row))
-                if config.patience is not None and bad_evals >= config.patience:
-                    stopped_early = True
+            if loop.step % eval_every == 0 or loop.step == total:
+                best_state = self._evaluation(loop, eval_every, dev_items, dev_targets, best_state)
+                if config.patience is not None and loop.bad_evals >= config.patience:
+                    loop.stopped_early = True
                     break
+            if self.checkpoints and loop.step < total and self.checkpoints.due(loop.step, eval_every):
+                paused = time.perf_counter()
+                self._checkpoint(phase, loop, loop.seconds + paused - start, best_state, optimizer, scheduler, batches)
+                start += time.perf_counter() - paused  # the clock times training, not writing checkpoints
         bar.close()
-        seconds = time.perf_counter() - start
+        loop.seconds += time.perf_counter() - start
         if best_state is not None:
             method.load_trainable_state_dict(best_state)
         method.eval()
-        return TrainResult(
-            steps=step,
-            best_step=best_step if has_dev else step,
-            best_dev=best_metric if has_dev else None,
-            history=history,
-            train_seconds=seconds,
-            examples_per_second=seen / seconds if seconds > 0 else 0.0,
-            stopped_early=stopped_early,
+        result = TrainResult(
+            steps=loop.step,
+            best_step=loop.best_step if dev_items else loop.step,
+            best_dev=loop.best_metric if dev_items else None,
+            history=loop.history,
+            train_seconds=loop.seconds,
+            examples_per_second=loop.seen / loop.seconds if loop.seconds > 0 else 0.0,
+            stopped_early=loop.stopped_early,
         )
+        if self.checkpoints:
+            self.checkpoints.finish_phase(phase, method.trainable_state_dict(), asdict(result), self._options())
+        return result
+
+    def _step(self, optimizer, params, batches: BatchOrder, items, targets, loop: LoopState) -> float:
+        """One optimizer step over `grad_accum` micro-batches, each process on its shard of them;
+        returns the step's loss (the mean over all processes)."""
+        config, method, task = self.config, self.method, self.method.task
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(config.grad_accum):
+            indices = batches.next()
+            mine = self.processes.shard(indices)
+            loop.seen += len(indices)
+            if not mine:
+                continue  # a batch smaller than the number of processes: this one sits it out
+            batch = _move(method.collate([items[i] for i in mine]), self.device)
+            loss = loss_fn(task, method(batch), targets[mine].to(self.device))
+            auxiliary = method.auxiliary_loss()
+            if auxiliary is not None:
+                loss = loss + auxiliary
+            # Weighted by this shard's part of the batch: the processes' average is then the batch mean.
+            loss = loss * (len(mine) * self.processes.world_size / len(indices)) / config.grad_accum
+            loss.backward()
+            step_loss += loss.item()
+        step_loss = self.processes.mean(step_loss)
+        if not math.isfinite(step_loss):
+            raise self._diverged("loss", step_loss, loop.step + 1)
+        self.processes.average_gradients(params)
+        norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf)
+        if not math.isfinite(norm):  # checked before the update: the weights stay those of the last good step
+            raise self._diverged("gradient norm", float(norm), loop.step + 1)
+        optimizer.step()
+        return step_loss
+
+    def _diverged(self, what: str, value: float, step: int) -> UserError:
+        kept = ""
+        if self.checkpoints and self.checkpoints.step is not None:
+            kept = f"; the last good checkpoint (step {self.checkpoints.step}) stays in {self.checkpoints.folder}"
+        return UserError(f"training diverged: the {what} became {value} at step {step}{kept}; try a lower --lr")
+
+    def _evaluation(self, loop: LoopState, eval_every: int, dev_items, dev_targets, best_state):
+        """A history row (mean loss since the last one, dev metrics); keeps the best state so far."""
+        row = {"step": loop.step, "loss": float(np.mean(loop.losses[-eval_every:]))}
+        if dev_items:
+            metric = self.method.task.metric
+            dev_metrics = self._evaluate(dev_items, dev_targets)
+            self.method.train()
+            row.update({f"dev_{k}": v for k, v in dev_metrics.items()})
+            if dev_metrics[metric] > loop.best_metric:
+                loop.best_metric, loop.best_step, loop.bad_evals = dev_metrics[metric], loop.step, 0
+                best_state = {k: v.to("cpu", copy=True) for k, v in self.method.trainable_state_dict().items()}
+            else:
+                loop.bad_evals += 1
+        loop.history.append(row)
+        self.log(_format_row(row))
+        return best_state
+
+    def _evaluate(self, items: list[dict], targets: list) -> dict:
+        """Dev metrics; with several processes each scores its shard and all see the same numbers."""
+        if not self.processes.is_distributed:
+            return evaluate(self.method, items, targets, self.config.eval_batch_size)[0]
+        mine = self.processes.shard(list(range(len(items))))
+        parts = self.processes.gather(score(self.method, [items[i] for i in mine], self.config.eval_batch_size))
+        scores = torch.empty(len(items), parts[0].shape[-1])
+        for rank, part in enumerate(parts):
+            scores[rank :: self.processes.world_size] = part
+        task = self.method.task
+        return metrics.all_metrics(task.metric, predictions_from_scores(task, scores), np.asarray(targets), task.num_labels)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _checkpoint(self, phase, loop: LoopState, seconds: float, best_state, optimizer, scheduler, batches) -> None:
+        snapshot = Snapshot(
+            phase=phase,
+            loop={**asdict(loop), "seconds": seconds},
+            weights=self.method.trainable_state_dict(),
+            best=best_state,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            rng={**rng_state(), "batches": batches.state_dict()},
+        )
+        self.checkpoints.save(snapshot, self._options())
+
+    def _restore(self, snapshot: Snapshot, optimizer, scheduler, batches: BatchOrder):
+        self.method.load_trainable_state_dict(snapshot.weights)
+        optimizer.load_state_dict(snapshot.optimizer)
+        scheduler.load_state_dict(snapshot.scheduler)
+        batches.load_state_dict(snapshot.rng["batches"])
+        restore_rng(snapshot.rng)
+        loop = LoopState(**snapshot.loop)
+        self.log(f"resumed at step {loop.step} from {self.checkpoints.folder}")
+        return loop, snapshot.best
+
+    def _finished_phase(self, weights: dict, result: dict) -> TrainResult:
+        """A phase the interrupted run had finished: its final weights and result, no training."""
+        self.method.to(self.device)
+        self.method.load_trainable_state_dict(weights)
+        self.method.eval()
+        return TrainResult(**result)
 
 
 def _linear_schedule(warmup: int, total: int):

@@ -6,9 +6,14 @@ from dataclasses import fields
 
 from ..errors import UserError
 from .base import Method, MethodConfig
+from .deep_prompt import DeepPromptConfig, DeepPromptMethod
 from .head import HeadConfig, HeadMethod
+from .pet import PetConfig, PetMethod
+from .ptuning import PtuningConfig, PtuningMethod
 
-METHODS: dict[str, type[Method]] = {HeadMethod.name: HeadMethod}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (HeadMethod, PetMethod, PtuningMethod, DeepPromptMethod)
+}
 
 
 def method_class(name: str) -> type[Method]:
@@ -29,4 +34,7 @@ def make_config(name: str, options: dict, task=None) -> MethodConfig:
     return config
 
 
-__all__ = ["METHODS", "Method", "MethodConfig", "HeadConfig", "HeadMethod", "method_class", "make_config"]
+__all__ = [
+    "METHODS", "Method", "MethodConfig", "HeadConfig", "HeadMethod", "PetConfig", "PetMethod", "PtuningConfig",
+    "PtuningMethod", "DeepPromptConfig", "DeepPromptMethod", "method_class", "make_config",
+]

@@ -77,6 +77,17 @@ class Method(nn.Module):
         """AdamW parameter groups, each with a `name` and its own `lr`."""
         raise NotImplementedError
 
+    # -- optional hooks ------------------------------------------------------------
+    def fit(self, trainer, train_items: list[dict], train_targets: list, dev_items=None, dev_targets=None):
+        """Train with the shared trainer. A method that trains in phases (PET's pattern ensemble:
+        one model per pattern, then distillation) overrides this and calls the trainer per phase."""
+        return trainer.fit(train_items, train_targets, dev_items, dev_targets)
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """An extra loss the trainer adds at each training step (PET: language modelling on
+        unlabelled text); None for none."""
+        return None
+
     # -- shared behaviour ----------------------------------------------------------
     @staticmethod
     def item_length(item: dict) -> int:

@@ -49,7 +49,7 @@ class HeadMethod(Method):
         config.validate()
         super().__init__(backbone, task, config, training)
         self.pooling = config.pooling if config.pooling != "auto" else ("last" if backbone.kind == "causal" else "cls")
-        self.head = _build_head(backbone.hidden_size, task.num_labels, config)
+        self.head = build_head(backbone.hidden_size, task.num_labels, config)
         self.uses_cache = training.is_frozen and config.cache
         self.pad_id = backbone.tokenizer.pad_token_id
 
@@ -125,7 +125,7 @@ class HeadMethod(Method):
         return groups + body_parameter_group(self.model, body_lr or self.default_body_lr)
 
 
-def _build_head(hidden_size: int, num_labels: int, config: HeadConfig) -> nn.Sequential:
+def build_head(hidden_size: int, num_labels: int, config: HeadConfig) -> nn.Sequential:
     if config.head == "linear":
         return nn.Sequential(nn.Dropout(config.dropout), nn.Linear(hidden_size, num_labels))
     return nn.Sequential(

@@ -1,0 +1,388 @@
+"""The benchmark's report: results.csv, report.md with its tables, and PNG plots.
+
+Per (model, task): one row per arm with the metric's mean (std) over seeds, the cost columns, and
+LM-BFF's published numbers beside them; `accuracy.png` (mean and std per arm),
+`learning_curves.png` (dev metric over training steps) and `confusion_<arm>.png` (the best run).
+Several tasks add one summary table shaped like LM-BFF's Table 3 (arms x tasks).
+
+Standard deviations are population standard deviations (ddof=0), as LM-BFF computes them
+(numpy's default in its tools/gather_result.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics as task_metrics
+from .runs import atomic_write_text
+
+# LM-BFF (Gao et al. 2021) Table 3: RoBERTa-large (355M), K=16, mean (std) over 5 seeds. Published,
+# not re-run here; copied from ../shared/data/README.md. (label, the arm it compares to, mean, std)
+PUBLISHED = {
+    "sst-2": [("fine-tuning", "hf-full", 81.4, 3.8), ("prompt-based fine-tuning", "pet", 92.7, 0.9),
+              ("zero-shot prompt", "zero-shot", 83.6, None)],
+    "sst-5": [("prompt-based fine-tuning", "pet", 47.4, 2.5)],
+    "mr": [("prompt-based fine-tuning", "pet", 87.0, 1.2)],
+    "subj": [("prompt-based fine-tuning", "pet", 91.2, 1.1)],
+    "trec": [("prompt-based fine-tuning", "pet", 84.8, 5.1)],
+    "rte": [("prompt-based fine-tuning", "pet", 69.1, 3.6)],
+}
+PUBLISHED_SOURCE = "published, RoBERTa-large, not re-run"
+FAMILY_COLOURS = {"pretune": "#1f77b4", "transformers": "#7f7f7f", "peft": "#ff7f0e"}
+CSV_COLUMNS = [
+    "task", "model", "arm", "seed", "config", "metric", "test", "dev", "trainable_parameters", "adapter_bytes",
+    "train_seconds", "train_examples_per_second", "eval_examples_per_second", "peak_rss_mib", "loadavg_1min",
+]
+
+
+@dataclass
+class ArmSummary:
+    arm: str
+    family: str
+    metric: str
+    runs: list[dict]
+
+    def values(self, split: str = "test") -> np.ndarray:
+        return np.array([run[split][self.metric] for run in self.runs if run.get(split)], dtype=float)
+
+    @property
+    def mean(self) -> float:
+        return float(self.values().mean())
+
+    @property
+    def std(self) -> float:
+        return float(self.values().std(ddof=0))  # population std, as LM-BFF reports
+
+    def average(self, name: str) -> float | None:
+        values = [run[name] for run in self.runs if run.get(name) is not None]
+        return float(np.mean(values)) if values else None
+
+    def peak_rss(self) -> float:
+        return max(run["peak_rss_mib"] for run in self.runs)
+
+    def load(self) -> float:
+        return float(np.mean([_load_during(run) for run in self.runs]))
+
+
+def _load_during(run: dict) -> float:
+    """The 1-minute load average around a run: the larger of before and after."""
+    return max(run["loadavg_before"][0], run["loadavg_after"][0])
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def write_report(out: Path, runs: list[dict], current_keys: list[dict], arms: dict[str, dict],
+                 skipped: dict[str, str] | None = None, failures: list[dict] | None = None) -> Path:
+    """Write results.csv, report.md and the plots for the runs that `current_keys` selects."""
+    out = Path(out)
+    wanted = {tuple(sorted(key.items())) for key in current_keys}
+    selected = [run for run in runs if tuple(sorted(run["key"].items())) in wanted]
+    groups = _group(selected, list(arms))
+    atomic_write_text(out / "results.csv", _csv(selected))
+    for stale in out.glob("*confusion_*.png"):
+        stale.unlink()  # the best run may have changed since the last report
+    sections = []
+    for (model, task), summaries in groups.items():
+        prefix = "" if len(groups) == 1 else f"{_slug(task)}_{_slug(model)}_"
+        figures = _plots(out, prefix, task, summaries)
+        sections.append(_section(model, task, summaries, arms, figures))
+    text = _markdown(groups, sections, selected, arms, skipped or {}, failures or [])
+    atomic_write_text(out / "report.md", text)
+    return out / "report.md"
+
+
+def _group(runs: list[dict], arm_order: list[str]) -> dict[tuple[str, str], list[ArmSummary]]:
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    for run in runs:
+        key = run["key"]
+        groups.setdefault((key["model"], key["task"]), {}).setdefault(key["arm"], []).append(run)
+    rank = {name: i for i, name in enumerate(arm_order)}
+    result = {}
+    for group, by_arm in groups.items():
+        names = sorted(by_arm, key=lambda name: rank.get(name, len(rank)))
+        result[group] = [
+            ArmSummary(name, by_arm[name][0]["arm_info"]["family"], by_arm[name][0]["metric"],
+                       sorted(by_arm[name], key=lambda r: r["key"]["seed"]))
+            for name in names
+        ]
+    return result
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _csv(runs: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for run in sorted(runs, key=lambda r: (r["key"]["task"], r["key"]["arm"], r["key"]["seed"])):
+        key, metric = run["key"], run["metric"]
+        writer.writerow([
+            key["task"], key["model"], key["arm"], key["seed"], key["config"], metric, run["test"][metric],
+            (run.get("dev") or {}).get(metric, ""), run["trainable_parameters"], run["adapter_bytes"],
+            run["train_seconds"], run["train_examples_per_second"] or "", run["eval_examples_per_second"],
+            run["peak_rss_mib"], _load_during(run),
+        ])
+    return buffer.getvalue()
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _mean_std(summary: ArmSummary) -> str:
+    return f"{_percent(summary.mean)} ({_percent(summary.std)})"
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _size(count: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count:.0f} B"
+
+
+def _arm_table(summaries: list[ArmSummary], task: str) -> list[str]:
+    metric = summaries[0].metric
+    lines = [
+        f"| arm | from | test {metric} mean (std) | dev {metric} | seeds | trainable params | saved weights "
+        "| train s | train ex/s | eval ex/s | peak RSS MiB | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        dev = s.values("dev")
+        lines.append(
+            f"| {s.arm} | {s.family} | {_mean_std(s)} | {_percent(float(dev.mean()) if dev.size else None)} "
+            f"| {len(s.runs)} | {int(np.median([r['trainable_parameters'] for r in s.runs])):,} "
+            f"| {_size(np.median([r['adapter_bytes'] for r in s.runs]))} | {_number(s.average('train_seconds'))} "
+            f"| {_number(s.average('train_examples_per_second'))} | {_number(s.average('eval_examples_per_second'))} "
+            f"| {_number(s.peak_rss(), 0)} | {s.load():.1f} |"
+        )
+    for label, _, mean, std in PUBLISHED.get(task, []):
+        seeds = "5" if std is not None else "–"  # LM-BFF's zero-shot result is one number
+        lines.append(f"| LM-BFF {label} | {PUBLISHED_SOURCE} | {_published(mean, std)} | | {seeds} | | | | | | | |")
+    return lines
+
+
+def _published(mean: float, std: float | None) -> str:
+    return f"{mean:.1f}" + (f" ({std:.1f})" if std is not None else "")
+
+
+def _summary_table(groups: dict[tuple[str, str], list[ArmSummary]]) -> list[str]:
+    """LM-BFF Table 3's shape: one row per arm, one column per task, mean (std) in each cell."""
+    columns = list(groups)
+    arms: list[str] = []
+    for summaries in groups.values():
+        arms += [s.arm for s in summaries if s.arm not in arms]
+    header = "| arm | " + " | ".join(f"{task} ({model})" for model, task in columns) + " |"
+    lines = [header, "|---|" + "---|" * len(columns)]
+    for arm in arms:
+        cells = []
+        for group in columns:
+            found = [s for s in groups[group] if s.arm == arm]
+            cells.append(_mean_std(found[0]) if found else "–")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    for label in dict.fromkeys(label for _, task in columns for label, *_ in PUBLISHED.get(task, [])):
+        cells = []
+        for _, task in columns:
+            match = [(mean, std) for name, _, mean, std in PUBLISHED.get(task, []) if name == label]
+            cells.append(_published(*match[0]) if match else "–")
+        lines.append(f"| LM-BFF {label} ({PUBLISHED_SOURCE}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _section(model: str, task: str, summaries: list[ArmSummary], arms: dict[str, dict], figures: dict) -> str:
+    runs = [run for s in summaries for run in s.runs]
+    examples = len(runs[0]["targets"])
+    seeds = sorted({run["key"]["seed"] for run in runs})
+    lines = [
+        f"## {task} — {model}",
+        "",
+        f"Test set: {examples} examples; seeds {', '.join(map(str, seeds))}; metric ×100, mean (population std) over seeds.",
+        "",
+        *_arm_table(summaries, task),
+        "",
+        f"![{task}: {summaries[0].metric} per arm]({figures['accuracy']})",
+        "",
+    ]
+    if figures.get("curves"):
+        lines += [f"![{task}: dev {summaries[0].metric} during training]({figures['curves']})", ""]
+    if figures.get("confusion"):
+        lines += [f"Confusion matrix of the best run ({figures['best']}):", "", f"![confusion]({figures['confusion']})", ""]
+    return "\n".join(lines)
+
+
+def _markdown(groups, sections, runs, arms, skipped, failures) -> str:
+    protocol = runs[0]["protocol"] if runs else {}
+    lines = [
+        "# Few-shot benchmark",
+        "",
+        "Made by `pretune bench`. Every (arm, seed) trains on the LM-BFF split `K-<seed>` (train, and a dev set "
+        "of the same size) with training seed `<seed>`, keeps its best state on dev, and is evaluated once on test. "
+        f"Shared protocol: {protocol.get('steps')} optimizer steps, batch size {protocol.get('batch_size')}, "
+        f"evaluation batch size {protocol.get('eval_batch_size')}"
+        + (f", {protocol['shots']} examples per class sampled per seed" if protocol.get("shots") else "") + ". "
+        f"Torch threads per run: {', '.join(sorted({str(run.get('torch_threads')) for run in runs}))}.",
+        "",
+    ]
+    if len(groups) > 1:
+        lines += ["## Summary (LM-BFF Table 3 layout)", "", *_summary_table(groups), ""]
+    lines += sections
+    lines += _arm_notes(groups, arms)
+    lines += _column_notes()
+    if skipped:
+        lines += ["Arms skipped in this version:", ""] + [f"- `{k}`: {v}" for k, v in skipped.items()] + [""]
+    if failures:
+        lines += ["Runs that failed (rerun the same command to retry them):", ""]
+        lines += [f"- {f['key']['task']} {f['key']['arm']} seed {f['key']['seed']}: {f['error']} (log: {f['log']})"
+                  for f in failures] + [""]
+    return "\n".join(lines)
+
+
+def _arm_notes(groups, arms: dict[str, dict]) -> list[str]:
+    present = dict.fromkeys(s.arm for summaries in groups.values() for s in summaries)
+    lines = ["## Arms", ""]
+    for name in present:
+        info = arms.get(name, {})
+        note = f" — {info['note']}" if info.get("note") else ""
+        lines.append(f"- `{name}` ({info.get('family', '?')}): {info.get('about', '')}{note}")
+    return lines + [
+        "",
+        "pretune's arms run `train_run` into a scratch run folder, as `pretune train --checkpoint-every 0` does (no "
+        "checkpoints during training: the baselines write none), with each method's default learning rates. The "
+        "baselines follow PEFT's sequence-classification examples: AdamW, linear schedule with 6% warm-up, decoder "
+        "models padded on the left; they are evaluated on dev at the same steps as pretune's trainer.",
+        "",
+    ]
+
+
+def _column_notes() -> list[str]:
+    return [
+        "## Columns",
+        "",
+        "- *saved weights*: the weight files the arm must keep to predict (pretune: `adapter.safetensors`; "
+        "PEFT: the adapter and the new head as `save_pretrained` writes them; full fine-tuning: the whole model).",
+        "- *train s*: preparing the training data (tokenizing; for a frozen body also the one encoding pass) and the "
+        "training loop with its dev evaluations; *train ex/s*: training examples processed per second of that.",
+        "- *eval ex/s*: test examples per second, preparation included; *peak RSS*: the run's own process "
+        "(each run has one), model loading, training, evaluation and saving included.",
+        "- *load avg*: the machine's 1-minute load average around the runs. On a shared machine timings taken under "
+        "a load above its core count are inflated; accuracy is not affected.",
+        "",
+    ]
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _plots(out: Path, prefix: str, task: str, summaries: list[ArmSummary]) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figures = {"accuracy": f"{prefix}accuracy.png"}
+    _accuracy_plot(out / figures["accuracy"], task, summaries)
+    if any(run["history"] for s in summaries for run in s.runs):
+        figures["curves"] = f"{prefix}learning_curves.png"
+        _curves_plot(out / figures["curves"], task, summaries)
+    best = _best_run(summaries)
+    if best is not None:
+        figures["best"] = f"{best['key']['arm']}, seed {best['key']['seed']}"
+        figures["confusion"] = f"{prefix}confusion_{_slug(best['key']['arm'])}.png"
+        _confusion_plot(out / figures["confusion"], best)
+    return figures
+
+
+def _accuracy_plot(path: Path, task: str, summaries: list[ArmSummary]) -> None:
+    import matplotlib.pyplot as plt
+
+    metric = summaries[0].metric
+    fig, ax = plt.subplots(figsize=(1.2 * len(summaries) + 3, 4))
+    positions = np.arange(len(summaries))
+    ax.bar(positions, [100 * s.mean for s in summaries], yerr=[100 * s.std for s in summaries], capsize=4,
+           color=[FAMILY_COLOURS.get(s.family, "#999999") for s in summaries])
+    for position, s in zip(positions, summaries):
+        ax.scatter([position] * len(s.values()), 100 * s.values(), color="black", s=8, zorder=3)
+    for (label, _, mean, _), style in zip(PUBLISHED.get(task, []), ("--", ":", "-.")):
+        ax.axhline(mean, linestyle=style, color="green", linewidth=1, label=f"LM-BFF {label} ({PUBLISHED_SOURCE})")
+    for family in dict.fromkeys(s.family for s in summaries):
+        ax.bar([0], [0], width=0, color=FAMILY_COLOURS.get(family, "#999999"), label=family)  # legend entry only
+    ax.set_xticks(positions, [s.arm for s in summaries], rotation=20)
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_title(f"{task}: mean and std over seeds (dots: single seeds)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def _curves_plot(path: Path, task: str, summaries: list[ArmSummary]) -> None:
+    import matplotlib.pyplot as plt
+
+    metric = summaries[0].metric
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for s in summaries:
+        curves = [{row["step"]: row[f"dev_{metric}"] for row in run["history"] if f"dev_{metric}" in row}
+                  for run in s.runs]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves and all(curves) else []
+        if not steps:
+            continue
+        values = np.array([[100 * c[step] for step in steps] for c in curves])
+        mean, std = values.mean(axis=0), values.std(axis=0)
+        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=s.arm)
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.15, color=line.get_color())
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"dev {metric} (%)")
+    ax.set_title(f"{task}: dev {metric} during training (mean ± std over seeds)", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _best_run(summaries: list[ArmSummary]) -> dict | None:
+    candidates = [run for s in summaries for run in s.runs if run.get("predictions") is not None]
+    classification = [run for run in candidates if all(isinstance(t, int) for t in run["targets"])]
+    if not classification:
+        return None
+    return max(classification, key=lambda run: run["test"][run["metric"]])
+
+
+def _confusion_plot(path: Path, run: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    labels = run.get("labels") or [str(i) for i in range(1 + max(run["targets"] + run["predictions"]))]
+    matrix = task_metrics.confusion_matrix(run["predictions"], run["targets"], len(labels))
+    fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2.5, 1.1 * len(labels) + 2))
+    ax.imshow(matrix, cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        ax.text(col, row, str(count), ha="center", va="center",
+                color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    key = run["key"]
+    ax.set_title(f"{key['task']}: {key['arm']}, seed {key['seed']} ({run['metric']} {100 * run['test'][run['metric']]:.1f})",
+                 fontsize=9)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-")

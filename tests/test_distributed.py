@@ -1,0 +1,55 @@
+"""Data-parallel training: the same command under torchrun, 2 CPU processes (gloo)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pretune.distributed import Processes
+
+
+def test_each_process_takes_every_nth_example_of_a_batch():
+    batch = [7, 3, 5, 1, 0]
+    shards = [Processes(rank, 2).shard(batch) for rank in range(2)]
+    assert shards == [[7, 5, 0], [3, 1]]
+    assert Processes().shard(batch) == batch and Processes().is_main and not Processes().is_distributed
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_only_rank_0_writes(tmp_path, task_folder):
+    # Batches of 3 split 2 + 1 over the processes, and the last batch of each epoch holds 2 examples:
+    # the loss weighting must still make the two processes' step the one process's step.
+    options = [
+        "--task", task_folder, "--model", "bert-tiny", "--method", "head", "--dropout", "0", "--steps", "24",
+        "--batch-size", "3", "--eval-every", "8", "--lr", "0.05", "--device", "cpu", "--quiet",
+    ]
+    work = tmp_path / "work"
+    work.mkdir()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    two = subprocess.Popen(
+        [*launcher, "-m", "pretune", "train", *map(str, options), "--out", "two"],
+        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    one = subprocess.run(
+        [sys.executable, "-m", "pretune", "train", *map(str, options), "--out", "one"],
+        cwd=work, capture_output=True, text=True, timeout=300,
+    )
+    out, errors = two.communicate(timeout=300)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, errors
+
+    assert sorted(p.name for p in work.iterdir()) == ["one", "two"]  # nothing written elsewhere
+    files = sorted(p.name for p in (work / "one").iterdir())
+    assert sorted(p.name for p in (work / "two").iterdir()) == files  # no second set, no leftovers
+    assert json.loads((work / "two" / "run.json").read_text())["status"] == "complete"
+    log = (work / "two" / "train.log").read_text()
+    assert [line.split()[3] for line in log.splitlines() if " step " in line] == ["8", "16", "24"]  # logged once
+    assert out.count("run folder") == 1  # one summary, from rank 0
+
+    single = json.loads((work / "one" / "metrics.json").read_text())
+    double = json.loads((work / "two" / "metrics.json").read_text())
+    for split in ("dev", "test"):
+        assert double[split]["accuracy"] == single[split]["accuracy"] == 1.0
+    for a, b in zip(single["train"]["history"], double["train"]["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)  # the same steps, summed in another order

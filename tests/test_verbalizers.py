@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from pretune.errors import UserError
+from pretune.verbalizers import Verbalizer, aggregate, tokenize_label_words
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(smollm2_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def bert_tokenizer():
+    from transformers import AutoTokenizer
+
+    from pretune.backbones import resolve
+
+    return AutoTokenizer.from_pretrained(resolve("bert-tiny"))
+
+
+def encoder(tokenizer):
+    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_parse_space_and_semicolon_forms():
+    words = Verbalizer.parse("positive=great,good,awesome negative=bad,awful,terrible")
+    assert words.words == {"positive": ("great", "good", "awesome"), "negative": ("bad", "awful", "terrible")}
+    five = Verbalizer.parse("very negative=terrible; negative=bad; neutral=so so")
+    assert five.words == {"very negative": ("terrible",), "negative": ("bad",), "neutral": ("so so",)}
+    assert Verbalizer.parse(str(five)) == five and Verbalizer.parse(str(words)) == words
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("positive great", "not label=word"),
+        ("positive=great,", "empty word"),
+        ("positive=good positive=great", "given twice"),
+        ("", "empty verbalizer"),
+    ],
+)
+def test_parse_errors_are_one_line(spec, message):
+    with pytest.raises(UserError, match=message):
+        Verbalizer.parse(spec)
+
+
+def test_labels_are_checked_against_the_task_and_put_in_its_order():
+    words = Verbalizer.parse("positive=great negative=bad")
+    assert list(words.for_labels(["negative", "positive"]).words) == ["negative", "positive"]
+    with pytest.raises(UserError, match="unknown label 'positive'"):
+        words.for_labels(["negative", "neutral"])
+    with pytest.raises(UserError, match="no words for label 'neutral'"):
+        words.for_labels(["negative", "positive", "neutral"])
+
+
+def test_label_names_as_words():
+    assert Verbalizer.from_label_names(["entailment", "not_entailment"]).words == {
+        "entailment": ("entailment",), "not_entailment": ("not entailment",),
+    }
+
+
+def test_words_are_tokenized_as_they_occur_after_the_pattern(bpe_tokenizer):
+    words = Verbalizer.parse("positive=great,phenomenally negative=bad")
+    after_space = tokenize_label_words(words, encoder(bpe_tokenizer), lead=" ")
+    assert after_space.token_ids[0] == tuple(encoder(bpe_tokenizer)(" great"))
+    assert bpe_tokenizer.convert_ids_to_tokens(list(after_space.token_ids[0])) == ["Ġgreat"]
+    assert len(after_space.token_ids[1]) > 1  # a multi-token word is kept, not rejected
+    assert after_space.labels == (0, 0, 1) and after_space.max_tokens == len(after_space.token_ids[1])
+    glued = tokenize_label_words(words, encoder(bpe_tokenizer), lead="")
+    assert glued.token_ids[0] != after_space.token_ids[0]
+
+
+def test_unknown_and_colliding_words_are_user_errors(bert_tokenizer):
+    encode = encoder(bert_tokenizer)
+    with pytest.raises(UserError, match="'🦜' of label 'positive' is not in the model's vocabulary"):
+        tokenize_label_words(Verbalizer.parse("positive=🦜 negative=bad"), encode, unknown_id=bert_tokenizer.unk_token_id)
+    with pytest.raises(UserError, match="'Great' and 'great' have the same tokens"):
+        tokenize_label_words(Verbalizer.parse("positive=Great negative=great"), encode)
+
+
+def test_aggregations():
+    scores = torch.log(torch.tensor([[0.1, 0.3, 0.2, 0.05]]))
+    labels = torch.tensor([0, 0, 1, 1])
+    assert torch.allclose(aggregate(scores, labels, 2, "logsumexp").exp(), torch.tensor([[0.4, 0.25]]))
+    assert torch.allclose(aggregate(scores, labels, 2, "max").exp(), torch.tensor([[0.3, 0.2]]))
+    assert torch.allclose(aggregate(scores, labels, 2, "mean").exp(), torch.tensor([[0.03**0.5, 0.01**0.5]]))
+    with pytest.raises(UserError, match="unknown aggregation"):
+        aggregate(scores, labels, 2, "sum")
