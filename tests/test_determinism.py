@@ -8,6 +8,9 @@ from run_folders import assert_same_run
 METHODS = {
     "head": ["--method", "head", "--train", "last:1", "--steps", "6"],  # body dropout on: the RNG matters
     "pet": ["--method", "pet", "--train", "bitfit", "--steps", "4"],
+    # random soft tokens and the LSTM's initial weights come from the seed too
+    "ptuning": ["--method", "ptuning", "--pattern", "[P*2]{text} It [P] {mask}.", "--steps", "4"],
+    "deep-prompt": ["--method", "deep-prompt", "--reparam", "--prompt-length", "3", "--steps", "4"],
 }
 
 

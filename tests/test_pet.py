@@ -231,6 +231,8 @@ def test_distillation_leaves_one_model_trained_on_soft_labels(tiny_mlm, task, tm
 
 def test_every_built_in_prompt_parses_and_fits_its_task():
     root = data_root()
+    if root is None:
+        pytest.skip("the benchmark data (../shared/data) is not on this machine: its task.json files hold the labels")
     for task_name, kinds in BUILT_IN.items():
         labels = json.loads((root / "fewshot" / task_name / "task.json").read_text())["labels"]
         for kind in kinds:
