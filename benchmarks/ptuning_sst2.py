@@ -54,7 +54,8 @@ def accuracy(run: dict) -> float:
 def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.mean(values):.1f} ({100 * statistics.stdev(values):.1f})"
+    # population std, as the harness's report and LM-BFF's published numbers use
+    return f"{100 * statistics.mean(values):.1f} ({100 * statistics.pstdev(values):.1f})"
 
 
 def summary(runs: list[dict], full_rss: float | None) -> dict:
@@ -76,7 +77,7 @@ def markdown(found: dict[str, list[dict]], rows: dict[str, dict], seeds: list[in
         f"Model {MODEL}; LM-BFF SST-2 splits 16-<seed>, seeds {', '.join(map(str, seeds))} (32 train, 32 dev "
         "sentences; 100 steps x batch 8, best dev state kept, 872 test sentences). The runs are the benchmark "
         f"harness's, read from `{HARNESS.relative_to(RESULTS.parent.parent)}/results.json`; every run in its own "
-        "process on CPU, 1 torch thread. Mean (sample std) over the seeds that finished.", "",
+        "process on CPU, 1 torch thread. Mean (population std, as in the harness's report and LM-BFF) over the seeds that finished.", "",
         "| arm | what trains | seeds | test accuracy % | per seed | trainable params | adapter bytes | train s "
         "| peak RSS MiB | RSS / full FT (pet) |",
         "|---|---|---|---|---|---|---|---|---|---|",
