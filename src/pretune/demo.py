@@ -86,12 +86,12 @@ def _run_arm(arm: DemoArm, config: RunConfig, folder: Path, backbone: Backbone) 
     # Arms that leave the body frozen share the loaded model; an arm that trains the body loads its own.
     shared = backbone if arm.train == "frozen" else None
     if arm.untrained:
-        metrics = evaluate_untrained(config, backbone=shared)
-        return {"method": arm.label, "accuracy": metrics["test"]["accuracy"], "trainable": 0, "seconds": 0.0,
-                "folder": "-"}
-    metrics = train_run(config, out=folder, backbone=shared).metrics
-    return {"method": arm.label, "accuracy": metrics["test"]["accuracy"], "trainable": metrics["trainable_parameters"],
-            "seconds": metrics["train"]["seconds"], "folder": str(folder)}
+        metrics, trainable, seconds, where = evaluate_untrained(config, backbone=shared), 0, 0.0, "-"
+    else:
+        metrics = train_run(config, out=folder, backbone=shared).metrics
+        trainable, seconds, where = metrics["trainable_parameters"], metrics["train"]["seconds"], str(folder)
+    return {"method": arm.label, "accuracy": metrics["test"]["accuracy"], "trainable": trainable, "seconds": seconds,
+            "folder": where}
 
 
 def _slug(arm: DemoArm) -> str:
