@@ -127,3 +127,11 @@ def test_demo_runs_in_quick_mode(tmp_path, capsys):
         assert re.search(rf"{arm}.*\d+\.\d%", out), arm
     (summary,) = (tmp_path / "demo").glob("demo-*.json")
     assert [row["method"] for row in json.loads(summary.read_text())["arms"]] == [arm.label for arm in ARMS]
+
+
+def test_demo_on_an_encoder_runs_the_head_arm_and_names_the_skipped_arms(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "demo", "--model", "minilm-l6", "--quick", "--out", tmp_path / "demo")
+    assert code == 0
+    assert "no LM head" in out and "skipped: PET zero-shot" in out
+    (summary,) = (tmp_path / "demo").glob("demo-*.json")
+    assert [row["method"] for row in json.loads(summary.read_text())["arms"]] == [ARMS[0].label]

@@ -70,7 +70,7 @@ def run_demo(model: str | None = None, out: str = "runs/demo", quick: bool = Fal
     prompt_options = {"patterns": [prompt[0].pattern.source], "verbalizer": str(prompt[0].verbalizer)} if prompt else {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
-    for arm in ARMS:
+    for arm in _arms_for(backbone.kind):
         options = {**(prompt_options if arm.method != "head" else {}), **arm.options}
         training = {**arm.training, "steps": QUICK_STEPS} if quick and "steps" in arm.training else arm.training
         config = RunConfig(task=task, model=model, method=arm.method, train=arm.train, method_options=options,
@@ -80,6 +80,16 @@ def run_demo(model: str | None = None, out: str = "runs/demo", quick: bool = Fal
     _print_table(rows)
     _write_summary(Path(out) / f"demo-{stamp}", model, about, rows)
     return rows
+
+
+def _arms_for(kind: str) -> list[DemoArm]:
+    """The arms this kind of model can run: the prompt arms read the model's LM head, which an
+    encoder-only model (kind "encoder") does not have."""
+    if kind != "encoder":
+        return ARMS
+    skipped = [arm.label for arm in ARMS if arm.method != "head"]
+    print(f"note: this model has no LM head, so only the head arm runs (skipped: {'; '.join(skipped)})")
+    return [arm for arm in ARMS if arm.method == "head"]
 
 
 def _run_arm(arm: DemoArm, config: RunConfig, folder: Path, backbone: Backbone) -> dict:
