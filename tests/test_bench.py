@@ -33,6 +33,7 @@ def test_bench_end_to_end_then_resume_redoes_nothing(tmp_path, capsys):
     assert any(name.startswith("confusion_") for name in names) and "logs" not in names  # no failure left a log
 
     runs = json.loads((out / "results.json").read_text())["runs"]
+    assert sum(line.startswith('{"key"') for line in (out / "results.json").read_text().splitlines()) == 4  # a line a run
     assert sorted((r["key"]["arm"], r["key"]["seed"]) for r in runs) == [
         ("head", 13), ("head", 21), ("hf-full", 13), ("hf-full", 21)
     ]

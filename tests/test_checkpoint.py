@@ -16,7 +16,7 @@ from pretune import checkpoint as checkpoint_module
 from pretune.api import RunConfig, resume_run, train_run
 from pretune.checkpoint import Checkpointer, checkpoint_step
 from pretune.errors import UserError
-from pretune.runs import load_weights
+from pretune.runs import atomic_write_text, load_weights
 from pretune.train import TrainConfig
 from run_folders import assert_same_run
 
@@ -245,3 +245,10 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_pa
     assert resumed.returncode == 0, errors
     print(f"killed at step {kill_at} or just after")  # shown when the comparison fails
     assert_same_run(tmp_path / "victim", tmp_path / "straight")
+
+
+def test_atomically_written_files_get_the_mode_the_umask_gives(tmp_path):
+    """The temporary file is private while written; the finished file is readable as any new file is."""
+    atomic_write_text(tmp_path / "metrics.json", "{}\n")
+    (tmp_path / "plain.txt").write_text("{}\n")
+    assert (tmp_path / "metrics.json").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode

@@ -7,7 +7,8 @@ is its own and a crash costs only that run.
 
 The output folder holds `results.json` (every run, rewritten atomically after each one), and the
 report made from it (`report`). Run the same command again and only the missing runs run: a run is
-keyed by (task, model, arm, seed, and a hash of the arm's options and the shared protocol).
+keyed by (task, model, arm, seed, and a hash of the arm's options and the shared protocol). Runs of
+an arm whose options have changed since stay in results.json; the report shows the current ones only.
 """
 
 from __future__ import annotations
@@ -130,7 +131,12 @@ class ResultsStore:
         self.data["failures"] = [f for f in self.data["failures"] if _key_tuple(f["key"]) != _key_tuple(key)]
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
+        # One line per run and failure: a run's predictions would otherwise take a line each, and a
+        # benchmark that adds runs shows in a diff as the lines it adds.
+        lists = {name: ",\n".join(json.dumps(item) for item in self.data[name]) for name in ("runs", "failures")}
+        text = (f'{{"format": {json.dumps(self.data["format"])},\n"runs": [\n{lists["runs"]}\n],\n'
+                f'"failures": [\n{lists["failures"]}\n]}}\n')
+        atomic_write_text(self.path, text)
 
 
 # ---------------------------------------------------------------- the protocol

@@ -35,6 +35,7 @@ PUBLISHED = {
 }
 PUBLISHED_SOURCE = "published, RoBERTa-large, not re-run"
 FAMILY_COLOURS = {"pretune": "#1f77b4", "transformers": "#7f7f7f", "peft": "#ff7f0e"}
+FAMILY_LINES = {"pretune": "-", "transformers": "--", "peft": ":"}  # the learning curves tell families apart by line
 CSV_COLUMNS = [
     "task", "model", "arm", "seed", "config", "metric", "test", "dev", "trainable_parameters", "adapter_bytes",
     "train_seconds", "train_examples_per_second", "eval_examples_per_second", "peak_rss_mib", "loadavg_1min",
@@ -322,7 +323,7 @@ def _accuracy_plot(path: Path, task: str, summaries: list[ArmSummary]) -> None:
     ax.set_xticks(positions, [s.arm for s in summaries], rotation=20)
     ax.set_ylabel(f"test {metric} (%)")
     ax.set_title(f"{task}: mean and std over seeds (dots: single seeds)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: bars never hide it
     _save(fig, path)
 
 
@@ -330,8 +331,9 @@ def _curves_plot(path: Path, task: str, summaries: list[ArmSummary]) -> None:
     import matplotlib.pyplot as plt
 
     metric = summaries[0].metric
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for s in summaries:
+    fig, ax = plt.subplots(figsize=(9, 4))
+    colours = plt.get_cmap("tab20").colors  # twenty distinct colours: the default cycle repeats after ten arms
+    for index, s in enumerate(summaries):
         curves = [{row["step"]: row[f"dev_{metric}"] for row in run["history"] if f"dev_{metric}" in row}
                   for run in s.runs]
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves and all(curves) else []
@@ -339,12 +341,14 @@ def _curves_plot(path: Path, task: str, summaries: list[ArmSummary]) -> None:
             continue
         values = np.array([[100 * c[step] for step in steps] for c in curves])
         mean, std = values.mean(axis=0), values.std(axis=0)
-        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=s.arm)
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.15, color=line.get_color())
+        colour = colours[index % len(colours)]
+        ax.plot(steps, mean, marker="o", markersize=3, color=colour, linestyle=FAMILY_LINES.get(s.family, "-"),
+                label=f"{s.arm} ({s.family})")
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.12, color=colour)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"dev {metric} (%)")
     ax.set_title(f"{task}: dev {metric} during training (mean ± std over seeds)", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)
 
 
@@ -379,8 +383,9 @@ def _confusion_plot(path: Path, run: dict) -> None:
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # A tight bounding box keeps the legends placed beside the axes, which tight_layout cannot fit
+    # into a narrow figure (a report with few arms).
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -31,10 +31,22 @@ STATUS = "run.json"
 CHECKPOINT = "checkpoint"  # the folder of the newest checkpoint (see `checkpoint`)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates its file readable by its owner only; a result file gets the mode any file the
+# user creates gets, so that shared run folders stay readable by the group as before.
+FILE_MODE = 0o666 & ~_current_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
