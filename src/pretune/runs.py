@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,29 +31,20 @@ STATUS = "run.json"
 CHECKPOINT = "checkpoint"  # the folder of the newest checkpoint (see `checkpoint`)
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates its file readable by its owner only; a result file gets the mode any file the
-# user creates gets, so that shared run folders stay readable by the group as before.
-FILE_MODE = 0o666 & ~_current_umask()
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # Not mkstemp: its file is readable by the owner only. Mode 0o666 lets the umask decide, so a
+    # result file gets the mode any file the user creates gets.
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
