@@ -1,0 +1,233 @@
+"""The cloze (PET) computations checked by value: how a label's words combine (directly and through
+the method, which must honour --aggregate), the auxiliary LM loss, the ensemble's dev weights and
+the distillation targets' temperature, each against numbers computed outside the method."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from conftest import _tiny
+from pretune.api import RunConfig, build_method, evaluate_untrained
+from pretune.train import TrainConfig, Trainer, score
+from pretune.verbalizers import aggregate
+
+# ---------------------------------------------------------------- aggregation, directly
+
+# Word scores of two examples; label 0 has one word, label 1 three (unequal counts on purpose).
+WORDS = torch.tensor([[-1.0, -2.0, -4.0, -0.5], [-3.0, -1.0, -1.0, -7.0]])
+WORD_LABELS = torch.tensor([0, 1, 1, 1])
+
+
+def test_mean_divides_each_label_by_its_own_word_count():
+    expected = torch.tensor([[-1.0, (-2.0 - 4.0 - 0.5) / 3], [-3.0, (-1.0 - 1.0 - 7.0) / 3]])
+    assert torch.allclose(aggregate(WORDS, WORD_LABELS, 2, "mean"), expected)
+
+
+def test_mean_with_the_longer_label_first():
+    words, labels = WORDS.flip(-1), torch.tensor([1, 1, 1, 0])  # label 1 with three words, then label 0
+    expected = torch.tensor([[-1.0, (-2.0 - 4.0 - 0.5) / 3], [-3.0, (-1.0 - 1.0 - 7.0) / 3]])
+    assert torch.allclose(aggregate(words, labels, 2, "mean"), expected)
+
+
+def test_logsumexp_is_the_log_of_the_summed_word_probabilities():
+    expected = torch.tensor([
+        [-1.0, torch.tensor([-2.0, -4.0, -0.5]).exp().sum().log().item()],
+        [-3.0, torch.tensor([-1.0, -1.0, -7.0]).exp().sum().log().item()],
+    ])
+    assert torch.allclose(aggregate(WORDS, WORD_LABELS, 2, "logsumexp"), expected)
+
+
+def test_max_takes_each_labels_best_word():
+    assert torch.equal(aggregate(WORDS, WORD_LABELS, 2, "max"), torch.tensor([[-1.0, -0.5], [-3.0, -1.0]]))
+
+
+def test_three_labels_with_one_two_and_three_words():
+    words = torch.tensor([[-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]])
+    labels = torch.tensor([2, 0, 1, 2, 1, 2])  # label 0: -2; label 1: -3, -5; label 2: -1, -4, -6
+    assert torch.allclose(aggregate(words, labels, 3, "mean"), torch.tensor([[-2.0, -4.0, -11.0 / 3]]))
+    assert torch.equal(aggregate(words, labels, 3, "max"), torch.tensor([[-2.0, -3.0, -1.0]]))
+
+
+# ---------------------------------------------------------------- aggregation, through the method
+
+PATTERN = "{text} It was {mask}."
+VERBALIZER = "negative=bad positive=great,good,fine"  # single-token words in bert-tiny's vocabulary
+POSITIVE_WORDS, NEGATIVE_WORD = ["great", "good", "fine"], "bad"
+
+
+def cloze_config(task_path: str = "sst-2", **options) -> RunConfig:
+    method_options = {"patterns": [PATTERN], "verbalizer": VERBALIZER, **options}
+    return RunConfig(task=task_path, model="bert-tiny", method="pet", method_options=method_options, train="full")
+
+
+def word_log_probs(backbone, texts: list[str], words: list[str]) -> torch.Tensor:
+    """log p(word at the mask) of each text in the pattern, straight from the masked LM's logits."""
+    tokenizer = backbone.tokenizer
+    backbone.model.eval()  # no dropout: scoring (the method's) is in eval mode too
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in words]
+    rows = []
+    for text in texts:
+        encoded = tokenizer(PATTERN.format(text=text, mask=tokenizer.mask_token), return_tensors="pt")
+        position = (encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero().item()
+        with torch.no_grad():
+            logits = backbone.model(**encoded).logits[0, position]
+        rows.append(logits.log_softmax(-1)[ids])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("how", ["logsumexp", "mean", "max"])
+def test_method_combines_label_words_as_aggregate_says(tiny_mlm, task, how):
+    method = build_method(cloze_config(aggregate=how), task, backbone=tiny_mlm)
+    texts = [e.text for e in task.test]
+    scores = score(method, method.featurize(task.test, progress=False))
+    positive = word_log_probs(tiny_mlm, texts, POSITIVE_WORDS)
+    negative = word_log_probs(tiny_mlm, texts, [NEGATIVE_WORD])[:, 0]
+    combine = {"logsumexp": lambda s: s.logsumexp(-1), "mean": lambda s: s.mean(-1), "max": lambda s: s.amax(-1)}[how]
+    # A label score is a log-probability up to a constant per example: compare label differences.
+    assert torch.allclose(scores[:, 1] - scores[:, 0], combine(positive) - negative, atol=1e-4)
+
+
+def test_the_three_aggregations_give_different_label_scores(tiny_mlm, task):
+    differences = []
+    for how in ("logsumexp", "mean", "max"):
+        method = build_method(cloze_config(aggregate=how), task, backbone=tiny_mlm)
+        scores = score(method, method.featurize(task.test, progress=False))
+        differences.append(scores[:, 1] - scores[:, 0])
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert (differences[i] - differences[j]).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------- the auxiliary LM loss
+
+
+def first_step_loss(backbone, task, **options) -> float:
+    config = RunConfig(
+        task="sst-2", model="tiny", method="pet",
+        method_options={"patterns": ["{text} It was {mask}"], "verbalizer": "negative=bad positive=great", **options},
+        train="full", training=TrainConfig(steps=1, batch_size=8, lr=1e-3, warmup_ratio=0.0),
+    )
+    method = build_method(config, task, backbone=backbone)
+    items = method.featurize(task.train, progress=False)
+    result = method.fit(Trainer(method, config.training, progress=False, log=None), items, task.targets(task.train))
+    return result.history[0]["loss"]
+
+
+def causal_lm_loss(backbone, text: str) -> float:
+    """The causal LM's own loss on the pattern's text before the mask, outside pretune."""
+    ids = backbone.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return backbone.model(input_ids=ids, labels=ids).loss.item()
+
+
+def test_auxiliary_lm_loss_is_added_with_its_weight(tmp_path, task):
+    """Step 1's loss is the task loss plus weight x the LM loss on the unlabelled text (one text, so
+    the random pick cannot matter): linear in the weight, with the LM loss as its slope."""
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    text = "the plot moves slowly but the actors are good"
+    unlabelled.write_text(json.dumps({"text": text}) + "\n")
+    lm_loss = causal_lm_loss(_tiny("causal", "smollm2-135m"), f"{text} It was")
+    losses = {
+        weight: first_step_loss(_tiny("causal", "smollm2-135m"), task, aux_lm_weight=weight, unlabelled=str(unlabelled))
+        for weight in (0.0, 0.5, 1.0)
+    }
+    assert lm_loss > 1.0  # a random model: far from zero, so the terms below are told apart
+    assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * lm_loss, rel=1e-4)
+    assert losses[1.0] - losses[0.0] == pytest.approx(lm_loss, rel=1e-4)
+
+
+# ---------------------------------------------------------------- ensembles and distillation
+
+# On the real bert-tiny, zero-shot on the dev sentences: 6/8 right with the first pattern, 4/8 with the second.
+ENSEMBLE_PATTERNS = ["{text} It was {mask}.", "{mask} : {text}"]
+ENSEMBLE_WORDS = "negative=terrible positive=good"
+
+
+@pytest.fixture(scope="module")
+def bert_tiny_once():
+    """The real bert-tiny, loaded once for this module; tests train deep copies of it."""
+    from pretune.backbones import load_backbone
+
+    return load_backbone("bert-tiny")
+
+
+def test_dev_weighting_weights_members_by_their_accuracy_before_training(task, bert_tiny_once):
+    """The members' weights are their zero-shot dev accuracies, normalised; computed here from
+    each pattern alone, before training, and different from uniform."""
+    accuracies = [_zero_shot_dev_accuracy(pattern, task, bert_tiny_once) for pattern in ENSEMBLE_PATTERNS]
+    assert accuracies[0] != accuracies[1], accuracies  # otherwise dev weighting would look uniform
+    expected = torch.tensor(accuracies) / sum(accuracies)
+    for weighting, wanted in (("dev", expected), ("uniform", torch.tensor([0.5, 0.5]))):
+        method = _trained_ensemble(task, copy.deepcopy(bert_tiny_once), ensemble_weighting=weighting)
+        assert torch.allclose(method.trainable_state_dict()["ensemble.weights"], wanted, atol=1e-6)
+
+
+def _zero_shot_dev_accuracy(pattern: str, task, backbone) -> float:
+    options = {"patterns": [pattern], "verbalizer": ENSEMBLE_WORDS}
+    config = RunConfig(task="sst-2", model="bert-tiny", method="pet", method_options=options)
+    method = build_method(config, task, backbone=backbone)
+    predictions = score(method, method.featurize(task.dev, progress=False)).argmax(-1)
+    return float((predictions == torch.tensor(task.targets(task.dev))).float().mean())
+
+
+def _trained_ensemble(task, backbone, patterns=ENSEMBLE_PATTERNS, **options):
+    config = RunConfig(
+        task="sst-2", model="bert-tiny", method="pet", train="bitfit",
+        method_options={"patterns": list(patterns), "verbalizer": ENSEMBLE_WORDS, **options},
+        training=TrainConfig(steps=2, batch_size=4, lr=1e-3),
+    )
+    method = build_method(config, task, backbone=backbone)
+    items = method.featurize(task.train, progress=False)
+    targets = task.targets(task.train)
+    trainer = Trainer(method, config.training, progress=False, log=None)
+    method.fit(trainer, items, targets, items, targets)
+    return method
+
+
+def distillation_targets(task, unlabelled, temperature, monkeypatch) -> torch.Tensor:
+    """The soft labels the distillation phase trains on (the last fit's targets)."""
+    calls = []
+    original = Trainer.fit
+
+    def recording(self, train_items, train_targets, *args, **kwargs):
+        calls.append(train_targets)
+        return original(self, train_items, train_targets, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording)
+    same = ["{text} It was {mask}."] * 2  # two identical members: their mixture is one member's distribution
+    _trained_ensemble(task, _tiny("mlm", "bert-tiny"), patterns=same, distil=True, unlabelled=str(unlabelled), distil_temperature=temperature)
+    assert len(calls) == 3  # two members, then the distillation
+    return torch.tensor(calls[-1])
+
+
+def test_distillation_targets_are_the_ensemble_distribution_at_the_temperature(tmp_path, task, monkeypatch):
+    """softmax(s / T): the log-odds of the soft labels at T are those at T=1 divided by T."""
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text("".join(json.dumps({"text": e.text}) + "\n" for e in task.train))
+    plain = distillation_targets(task, unlabelled, 1.0, monkeypatch)
+    soft = distillation_targets(task, unlabelled, 4.0, monkeypatch)
+    assert plain.shape == (len(task.train), 2)
+    assert torch.allclose(plain.sum(-1), torch.ones(len(task.train)), atol=1e-5)
+    log_odds = lambda p: (p[:, 1] / p[:, 0]).log()  # noqa: E731
+    assert log_odds(plain).abs().max() > 1e-3
+    assert torch.allclose(log_odds(soft), log_odds(plain) / 4.0, atol=1e-4)
+
+
+def test_zero_shot_evaluation_matches_the_scored_accuracy(task_folder, tiny_mlm):
+    config = cloze_config(str(task_folder))
+    metrics = evaluate_untrained(config, progress=False, backbone=tiny_mlm)
+    method = build_method(config, _task_of(task_folder), backbone=tiny_mlm)
+    data = _task_of(task_folder)
+    predictions = score(method, method.featurize(data.test, progress=False)).argmax(-1)
+    expected = float((predictions == torch.tensor(data.targets(data.test))).float().mean())
+    assert metrics["test"]["accuracy"] == pytest.approx(expected)
+
+
+def _task_of(folder):
+    from pretune.data import load_task
+
+    return load_task(str(folder))
