@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from pretune.data import Example
@@ -27,11 +28,41 @@ def test_unfrozen_body_is_not_cached_and_trains_the_body(tiny_mlm, task):
     assert not torch.equal(before, tiny_mlm.model.bert.encoder.layer[0].attention.self.query.weight)
 
 
-def test_poolings_and_mlp_head(tiny_encoder, task):
-    for pooling in ("cls", "last", "mean"):
-        method = make(tiny_encoder, task, pooling=pooling, head="mlp", hidden=16)
-        scores = score(method, method.featurize(task.test, progress=False))
-        assert scores.shape == (len(task.test), 2) and torch.isfinite(scores).all()
+def hidden_states_alone(backbone, text: str) -> torch.Tensor:
+    """The body's last hidden states [T, H] of one text, unpadded, outside the method."""
+    ids = backbone.tokenizer(text, return_tensors="pt")["input_ids"]
+    backbone.model.eval()
+    with torch.no_grad():
+        return backbone.body(input_ids=ids).last_hidden_state[0]
+
+
+POOLED = {"cls": lambda h: h[0], "last": lambda h: h[-1], "mean": lambda h: h.mean(dim=0)}
+
+
+@pytest.mark.parametrize("pooling", sorted(POOLED))
+def test_pooling_by_hand_on_texts_of_different_lengths(tiny_encoder, task, pooling):
+    """cls: the first token's state; last: the last real token's; mean: the mean over real tokens
+    (padding excluded): each example batched with a longer one equals its own unpadded computation."""
+    method = make(tiny_encoder, task, pooling=pooling)
+    examples = [Example("a delight", label="positive"), Example("a dull and lifeless film with a silly plot", label="negative")]
+    features = method.featurize(examples, progress=False)
+    for example, item in zip(examples, features):
+        expected = POOLED[pooling](hidden_states_alone(tiny_encoder, example.text))
+        assert torch.allclose(item["features"], expected, atol=1e-5)
+
+
+def test_the_three_poolings_differ(tiny_encoder, task):
+    pooled = [make(tiny_encoder, task, pooling=p).featurize(task.test[:1], progress=False)[0]["features"] for p in POOLED]
+    assert all((a - b).abs().max() > 1e-3 for i, a in enumerate(pooled) for b in pooled[i + 1 :])
+
+
+def test_mlp_head_scores_are_its_layers_applied_by_hand(tiny_encoder, task):
+    method = make(tiny_encoder, task, head="mlp", hidden=16, dropout=0.0)
+    items = method.featurize(task.test, progress=False)
+    features = torch.stack([item["features"] for item in items])
+    first, last = method.head[1], method.head[4]
+    expected = torch.nn.functional.gelu(features @ first.weight.T + first.bias) @ last.weight.T + last.bias
+    assert torch.allclose(score(method, items), expected, atol=1e-5)
 
 
 def test_causal_last_token_pooling_ignores_right_padding(tiny_causal, task):
