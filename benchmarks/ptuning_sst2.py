@@ -79,7 +79,7 @@ def markdown(found: dict[str, list[dict]], rows: dict[str, dict], seeds: list[in
         f"harness's, read from `{HARNESS.relative_to(RESULTS.parent.parent)}/results.json`; every run in its own "
         "process on CPU, 1 torch thread. Mean (population std, as in the harness's report and LM-BFF) over the seeds that finished.", "",
         "| arm | what trains | seeds | test accuracy % | per seed | trainable params | adapter bytes | train s "
-        "| peak RSS MiB | RSS / full FT (pet) |",
+        "| peak RSS MiB (mean over seeds) | RSS / full FT (pet) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, row in rows.items():

@@ -31,12 +31,32 @@ def test_kinds_of_the_packaged_models():
     assert {m.kind for m in PACKAGED.values()} == {"mlm", "causal", "encoder"}
 
 
-def test_gguf_is_converted_once_to_cached_safetensors(smollm2):
+def test_packaged_gguf_resolves_to_its_cached_safetensors_copy(smollm2):
     folder = resolve("smollm2-135m")
     assert folder.startswith(str(backbones.cache_dir()))
     assert any(p.suffix == ".safetensors" for p in __import__("pathlib").Path(folder).iterdir())
     assert smollm2.kind == "causal" and smollm2.hidden_size == 576
     assert smollm2.tokenizer.pad_token is not None
+
+
+def test_a_gguf_is_converted_once_then_the_cached_copy_is_reused(tmp_path, monkeypatch):
+    conversions = []
+
+    def convert(gguf, out):  # stands in for the 20-50 s dequantization
+        conversions.append(gguf)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setenv("PRETUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(backbones, "_convert_gguf", convert)
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF v1")
+    first = backbones.converted_gguf(model)
+    second = backbones.converted_gguf(model)
+    assert first == second and (first / "config.json").is_file()
+    assert len(conversions) == 1
+    model.write_bytes(b"GGUF v2, another size")  # a changed file is a new model: converted again
+    assert backbones.converted_gguf(model) != first and len(conversions) == 2
+    assert not list((tmp_path / "cache" / "models").glob(".converting-*"))  # no staging folder left
 
 
 def test_local_folder_loads_with_detected_kind(tmp_path, tiny_mlm):

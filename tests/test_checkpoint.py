@@ -226,7 +226,9 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_pa
         "--task", task_folder, "--model", "bert-tiny", "--method", "head", "--steps", 60, "--batch-size", 2,
         "--eval-every", 10, "--checkpoint-every", 1, "--lr", 0.01, "--device", "cpu", "--quiet",
     ]
-    kill_at = random.randint(2, 40)
+    seed = int(os.environ.get("PRETUNE_KILL_SEED", time.time_ns() % 100_000))
+    kill_at = random.Random(seed).randint(2, 40)
+    print(f"kill step {kill_at} (PRETUNE_KILL_SEED={seed} repeats it)")  # pytest shows it when the test fails
     straight = pretune_process("train", *options, "--out", "straight", cwd=tmp_path)
     victim = pretune_process("train", *options, "--out", "victim", cwd=tmp_path)
     deadline = time.monotonic() + 300

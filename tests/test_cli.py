@@ -34,7 +34,10 @@ def test_train_writes_a_complete_run_folder(trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["trainable_parameters"] == 128 * 2 + 2  # frozen body: the linear head only
     assert metrics["adapter_bytes"] < 4096  # the head alone, not the body
-    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["train"]["steps"] == 20
+    assert metrics["train"]["steps"] == 20
+    rows = [json.loads(line) for line in (trained_run / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["test"]["examples"] == 8
+    assert metrics["test"]["accuracy"] == pytest.approx(sum(r["prediction"] == r["label"] for r in rows) / len(rows))
     assert "dev_accuracy" in (trained_run / "train.log").read_text()
 
 

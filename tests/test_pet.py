@@ -10,6 +10,7 @@ from pretune.methods import PetConfig, PetMethod
 from pretune.task_defaults import BUILT_IN, built_in_prompts
 from pretune.train import TrainConfig, Trainer, evaluate, score
 from pretune.tuning import BodyTraining
+from scored import accuracy_by_hand
 
 MULTI_TOKEN = "positive=great,phenomenally,good negative=bad,abysmally"  # two words span several tokens
 
@@ -268,7 +269,8 @@ def test_zero_shot_and_training_on_real_models_through_the_api(tmp_path, small_t
     options = {"verbalizer": "positive=great,phenomenally negative=bad"}  # a multi-token word
     config = RunConfig(task=str(small_task_folder), model=model, method="pet", method_options=options, training=training)
     zero_shot = evaluate_untrained(config, progress=False)
-    assert set(zero_shot) == {"dev", "test"} and 0 <= zero_shot["test"]["accuracy"] <= 1
+    assert set(zero_shot) == {"dev", "test"}
+    assert zero_shot["test"]["accuracy"] == pytest.approx(accuracy_by_hand(config, "test"))
     config.train = "lora"
     result = train_run(config, out=tmp_path / "run", progress=False)
     assert result.metrics["train"]["steps"] == 1 and result.metrics["adapter_bytes"] < 2_000_000
@@ -294,7 +296,10 @@ def test_cli_zero_shot_ensemble_training_and_a_bad_pattern(tmp_path, small_task_
     task_folder = small_task_folder
     zero_shot = ["eval", "--task", task_folder, "--model", "smollm2-135m", "--method", "pet", "--quiet"]
     code = main([str(a) for a in [*zero_shot, "--verbalizer", MULTI_TOKEN, "--calibrate"]])
-    assert code == 0 and 0 <= json.loads(capsys.readouterr().out)["test"]["accuracy"] <= 1
+    assert code == 0
+    calibrated = RunConfig(task=str(task_folder), model="smollm2-135m", method="pet",
+                           method_options={"verbalizer": MULTI_TOKEN, "calibrate": True})
+    assert json.loads(capsys.readouterr().out)["test"]["accuracy"] == pytest.approx(accuracy_by_hand(calibrated, "test"))
     out = tmp_path / "ensemble"
     train = ["train", "--task", task_folder, "--model", "bert-tiny", "--method", "pet", "--train", "bitfit", "--steps", "2",
              "--pattern", PATTERNS[0], "--pattern", PATTERNS[1], "--verbalizer", MULTI_TOKEN, "--out", out, "--quiet"]

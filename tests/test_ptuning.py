@@ -19,6 +19,7 @@ from pretune.task_defaults import built_in_prompts, ptuning_template
 from pretune.train import TrainConfig, Trainer, score
 from pretune.tuning import BodyTraining
 from run_folders import assert_same_run
+from scored import accuracy_by_hand
 
 ANCHORED = "{text} It [P:was] {mask}."  # one soft token, starting as the word " was"
 TEMPLATE = "[P*2]{text} [P] It was {mask}."
@@ -218,7 +219,7 @@ def test_train_save_load_predict_on_real_models_through_the_api(tmp_path, model,
     config = RunConfig(task=str(folder), model=model, method="ptuning", training=training,
                        method_options={"encoder": encoder, "readout": readout})
     zero_shot = evaluate_untrained(config, progress=False)
-    assert 0 <= zero_shot["test"]["accuracy"] <= 1
+    assert zero_shot["test"]["accuracy"] == pytest.approx(accuracy_by_hand(config, "test"))
     result = train_run(config, out=tmp_path / "run", progress=False)
     weights = load_weights(tmp_path / "run" / "adapter.safetensors")
     assert weights["soft_prompt.embeddings"].shape[0] == 4  # the built-in template's soft tokens, materialised

@@ -157,7 +157,7 @@ def _arm_table(summaries: list[ArmSummary], task: str) -> list[str]:
     metric = summaries[0].metric
     lines = [
         f"| arm | from | test {metric} mean (std) | dev {metric} | seeds | trainable params | saved weights "
-        "| train s | train ex/s | eval ex/s | peak RSS MiB | load avg |",
+        "| train s | train ex/s | eval ex/s | peak RSS MiB (max over seeds) | load avg |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
