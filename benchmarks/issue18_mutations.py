@@ -1,0 +1,80 @@
+"""The nine deliberate bugs of issue 18, each applied to a copy of the source, then the fast suite
+run on it: a bug the suite does not notice is a behaviour no test pins.
+
+    python benchmarks/issue18_mutations.py            # prints the table, writes benchmarks/results/issue18_mutations.json
+
+Each bug is one textual change (old -> new) in one module; the script refuses to run when the text
+is no longer there (the code moved), so the table cannot go stale silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# behaviour changed, module, old text, new text
+BUGS = [
+    ("the best dev state is not restored after training", "src/pretune/train.py",
+     "            method.load_trainable_state_dict(best_state)", "            pass"),
+    ("`mean` aggregation divides by the largest word count instead of each label's own", "src/pretune/verbalizers.py",
+     "weights / weights.sum(dim=1, keepdim=True)", "weights / weights.sum(dim=1, keepdim=True).max()"),
+    ("PET ignores `--aggregate` and always uses logsumexp", "src/pretune/methods/pet.py",
+     "self.task.num_labels, self.config.aggregate)", "self.task.num_labels, 'logsumexp')"),
+    ("PET's auxiliary LM loss is not added to the loss", "src/pretune/train.py",
+     "loss = loss + auxiliary", "loss = loss"),
+    ("ensemble weighting by dev accuracy gives uniform weights", "src/pretune/ensemble.py",
+     'if config.ensemble_weighting == "dev":', "if False:"),
+    ("the distillation temperature is ignored", "src/pretune/ensemble.py",
+     "(scores / temperature).softmax", "scores.softmax"),
+    ("gradient accumulation does not scale the loss", "src/pretune/train.py",
+     "/ len(indices)) / config.grad_accum", "/ len(indices))"),
+    ("the best state is replaced on a tie instead of a strict improvement", "src/pretune/train.py",
+     "if dev_metrics[metric] > loop.best_metric:", "if dev_metrics[metric] >= loop.best_metric:"),
+    ("the causal LM's normaliser is skipped one token too far", "src/pretune/scoring.py",
+     "normalize = position > len(r.prefix)", "normalize = position > len(r.prefix) + 1"),
+]
+
+
+def run_fast_suite(source: Path) -> tuple[bool, str, float]:
+    """(suite passed, first failing test, seconds) with `source` as the package's src folder."""
+    env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "pytest", "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider",
+               "-o", "pythonpath=", str(ROOT / "tests")]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    failed = next((line.split()[1] for line in done.stdout.splitlines() if line.startswith("FAILED")), "")
+    return done.returncode == 0, failed, time.perf_counter() - start
+
+
+def main() -> int:
+    rows = []
+    for behaviour, module, old, new in BUGS:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / "src"
+            shutil.copytree(ROOT / "src", source)
+            path = source / Path(module).relative_to("src")
+            text = path.read_text()
+            if text.count(old) != 1:
+                raise SystemExit(f"{module}: the text to change is not there exactly once: {old!r}")
+            path.write_text(text.replace(old, new))
+            passed, failed, seconds = run_fast_suite(source)
+        rows.append({"behaviour": behaviour, "module": module, "suite": "passes" if passed else "fails (caught)",
+                     "first_failing_test": failed, "seconds": round(seconds, 1)})
+        print(f"{rows[-1]['suite']:15} {behaviour}  {failed}", flush=True)
+    out = ROOT / "benchmarks" / "results" / "issue18_mutations.json"
+    out.write_text(json.dumps({"loadavg": os.getloadavg(), "rows": rows}, indent=2) + "\n")
+    caught = sum(row["suite"] != "passes" for row in rows)
+    print(f"{caught} of {len(rows)} bugs caught by the fast suite")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""The mutation score of the last `mutmut run` (see `make mutation`), per module, with every
+surviving mutant: its diff, and why it is equivalent (from benchmarks/mutation_equivalent.json),
+or "not explained" when no test pins it yet.
+
+    python benchmarks/mutation_report.py    # after `mutmut run`; writes benchmarks/results/mutation.{md,json}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTMUT = [sys.executable, "-m", "mutmut"]
+EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
+DETECTED = ("killed", "timeout", "segfault")  # the suite noticed the mutant (a hang or a crash is noticed too)
+UNDECIDED = ("not checked", "check was interrupted by user", "skipped")  # not run: left out of the score
+
+
+def statuses() -> dict[str, str]:
+    """mutant name -> status, from `mutmut results --all true`."""
+    out = subprocess.run([*MUTMUT, "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    found = {}
+    for line in out.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if name:
+            found[name] = status
+    return found
+
+
+def module_of(mutant: str) -> str:
+    return mutant.split(".x_")[0].split(".xǁ")[0]
+
+
+def diff(mutant: str) -> str:
+    shown = subprocess.run([*MUTMUT, "show", mutant], cwd=ROOT, capture_output=True, text=True).stdout
+    return "\n".join(line for line in shown.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---")))
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def main() -> int:
+    found = statuses()
+    if not found:
+        raise SystemExit("no mutation results: run `mutmut run` first (make mutation)")
+    reasons = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
+    per_module: dict[str, Counter] = defaultdict(Counter)
+    for name, status in found.items():
+        per_module[module_of(name)][status] += 1
+    total = Counter(found.values())
+    tested = sum(n for status, n in total.items() if status not in UNDECIDED)
+    detected = sum(total[s] for s in DETECTED)
+    survivors = sorted(name for name, status in found.items() if status in ("survived", "no tests", "suspicious"))
+    explained = [name for name in survivors if name in reasons]
+    score = detected / tested if tested else 0.0
+    adjusted = (detected + len(explained)) / tested if tested else 0.0
+    summary = {
+        "command": "make mutation  (mutmut run --max-children 2, then python benchmarks/mutation_report.py)",
+        "mutants": len(found), "tested": tested, "detected": detected, "score": score,
+        "score_counting_equivalent_as_killed": adjusted, "statuses": dict(total),
+        "per_module": {m: dict(c) for m, c in sorted(per_module.items())},
+        "survivors": {name: reasons.get(name, "not explained") for name in survivors},
+        "cpu": cpu_name(), "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    results = ROOT / "benchmarks" / "results"
+    (results / "mutation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (results / "mutation.md").write_text(markdown(summary, survivors, reasons))
+    print(f"mutation score: {detected}/{tested} = {score:.1%} of the mutants tested were killed "
+          f"({len(found) - tested} not tested); {len(survivors)} survived, {len(explained)} of them explained as equivalent")
+    return 0
+
+
+def markdown(summary: dict, survivors: list[str], reasons: dict) -> str:
+    lines = [
+        "# Mutation testing: training loop, scoring, verbalizers, recipes, parameter groups", "",
+        f"Command: `{summary['command']}`. Tool: mutmut 3.8.1; each mutant is run against the tests of the fast "
+        "suite (`-m \"not slow\"`) that reach the mutated function.", "",
+        f"Measured {summary['date']} on {summary['cpu']}, load average {summary['loadavg'][0]:.1f} at the end.", "",
+        f"**Score: {summary['detected']} of {summary['tested']} mutants killed = {summary['score']:.1%}** "
+        f"({summary['mutants'] - summary['tested']} generated mutants not tested). Counting the survivors explained "
+        f"below as equivalent: {summary['score_counting_equivalent_as_killed']:.1%}.", "",
+        "| module | " + " | ".join(sorted(summary["statuses"])) + " | killed % |",
+        "|---|" + "---|" * (len(summary["statuses"]) + 1),
+    ]
+    for module, counts in summary["per_module"].items():
+        tested = sum(n for s, n in counts.items() if s not in UNDECIDED)
+        killed = sum(counts.get(s, 0) for s in DETECTED)
+        cells = " | ".join(str(counts.get(s, 0)) for s in sorted(summary["statuses"]))
+        lines.append(f"| `{module}` | {cells} | {100 * killed / tested:.0f} |" if tested else f"| `{module}` | {cells} | – |")
+    lines += ["", f"## Surviving mutants ({len(survivors)})", ""]
+    for name in survivors:
+        lines += [f"- `{name}`: {reasons.get(name, '**not explained**: no test pins this yet')}", "", "  ```diff"]
+        lines += [f"  {line}" for line in diff(name).splitlines()] + ["  ```", ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
