@@ -21,7 +21,7 @@ import torch
 from pretune.backbones import load_backbone
 from pretune.data import load_task
 from pretune.methods import HeadConfig, HeadMethod
-from pretune.train import TrainConfig, Trainer, evaluate, set_seed
+from pretune.training.trainer import TrainConfig, Trainer, evaluate, set_seed
 from pretune.tuning import BodyTraining
 
 

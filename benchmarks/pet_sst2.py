@@ -29,11 +29,11 @@ import torch
 
 from pretune.api import RunConfig, train_run
 from pretune.backbones import load_backbone
+from pretune.cloze.verbalizer import AGGREGATIONS, aggregate
 from pretune.data import load_task
 from pretune.methods import PetConfig, PetMethod
-from pretune.train import TrainConfig, score
+from pretune.training.trainer import TrainConfig, score
 from pretune.tuning import BodyTraining
-from pretune.verbalizers import AGGREGATIONS, aggregate
 
 SEEDS = (13, 21, 42, 87, 100)
 ZERO_SHOT = [

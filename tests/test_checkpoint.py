@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from conftest import _tiny, sentiment_task
-from pretune import checkpoint as checkpoint_module
 from pretune.api import RunConfig, resume_run, train_run
-from pretune.checkpoint import Checkpointer, checkpoint_step
 from pretune.errors import UserError
 from pretune.runs import atomic_write_text, load_weights
-from pretune.train import TrainConfig
+from pretune.training import checkpoint as checkpoint_module
+from pretune.training.checkpoint import Checkpointer, checkpoint_step
+from pretune.training.trainer import TrainConfig
 from run_folders import assert_same_run
 
 

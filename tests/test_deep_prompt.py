@@ -9,12 +9,12 @@ import torch
 from conftest import _tiny
 from pretune.api import RunConfig, load_run, resume_run, train_run
 from pretune.cli import main
+from pretune.cloze.prefix import model_key_values
 from pretune.data import Example
 from pretune.errors import UserError
 from pretune.methods import DeepPromptConfig, DeepPromptMethod, PetConfig, PetMethod
-from pretune.prefix import model_key_values
 from pretune.runs import load_weights
-from pretune.train import TrainConfig, Trainer, score
+from pretune.training.trainer import TrainConfig, Trainer, score
 from pretune.tuning import BodyTraining
 from run_folders import assert_same_run
 

@@ -2,7 +2,7 @@ import torch
 
 from pretune.data import Example
 from pretune.methods import HeadConfig, HeadMethod
-from pretune.train import TrainConfig, Trainer, evaluate, score
+from pretune.training.trainer import TrainConfig, Trainer, evaluate, score
 from pretune.tuning import BodyTraining
 
 

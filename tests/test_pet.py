@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from pretune.api import RunConfig, evaluate_untrained, load_run, train_run
+from pretune.cloze.prompt import BUILT_IN, built_in_prompts
 from pretune.data import Example, Task, data_root
 from pretune.errors import UserError
 from pretune.methods import PetConfig, PetMethod
-from pretune.task_defaults import BUILT_IN, built_in_prompts
-from pretune.train import TrainConfig, Trainer, evaluate, score
+from pretune.training.trainer import TrainConfig, Trainer, evaluate, score
 from pretune.tuning import BodyTraining
 
 MULTI_TOKEN = "positive=great,phenomenally,good negative=bad,abysmally"  # two words span several tokens

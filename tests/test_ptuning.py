@@ -9,14 +9,14 @@ import torch
 from conftest import _tiny, sentiment_task
 from pretune.api import RunConfig, evaluate_untrained, load_run, resume_run, train_run
 from pretune.cli import main
+from pretune.cloze.prompt import built_in_prompts, ptuning_template
+from pretune.cloze.soft import ENCODERS
 from pretune.data import Example
 from pretune.errors import UserError
 from pretune.methods import PetConfig, PetMethod, PtuningConfig, PtuningMethod
 from pretune.methods.ptuning import ENCODER_RATES
-from pretune.prompt_encoders import ENCODERS
 from pretune.runs import load_weights
-from pretune.task_defaults import built_in_prompts, ptuning_template
-from pretune.train import TrainConfig, Trainer, score
+from pretune.training.trainer import TrainConfig, Trainer, score
 from pretune.tuning import BodyTraining
 from run_folders import assert_same_run
 

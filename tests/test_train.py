@@ -3,7 +3,15 @@ import torch
 
 from pretune.errors import UserError
 from pretune.methods import HeadConfig, HeadMethod
-from pretune.train import TrainConfig, Trainer, _linear_schedule, evaluate, loss_fn, set_seed, target_tensor
+from pretune.training.trainer import (
+    TrainConfig,
+    Trainer,
+    _linear_schedule,
+    evaluate,
+    loss_fn,
+    set_seed,
+    target_tensor,
+)
 from pretune.tuning import BodyTraining
 
 

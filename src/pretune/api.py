@@ -20,13 +20,13 @@ import torch
 
 from . import __version__
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
-from .checkpoint import Checkpointer
 from .data import Columns, Example, Task, few_shot_task, load_task
-from .distributed import processes
 from .errors import UserError
 from .methods import Method, make_config, method_class
 from .runs import RunFolder, guarded, open_completed, open_resumable
-from .train import TrainConfig, Trainer, evaluate, resolve_device, score, set_seed
+from .training.checkpoint import Checkpointer
+from .training.distributed import processes
+from .training.trainer import TrainConfig, Trainer, evaluate, resolve_device, score, set_seed
 from .tuning import BodyTraining
 
 log = logging.getLogger("pretune")

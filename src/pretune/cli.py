@@ -160,7 +160,7 @@ def _add_method_option(group, flag: str, dest: str, kind, text: str) -> None:
 
 def run_config_from_args(args):
     from .api import RunConfig
-    from .train import TrainConfig
+    from .training.trainer import TrainConfig
 
     options = {dest: getattr(args, f"opt_{dest}") for _, dest, _, _ in METHOD_OPTIONS}
     options = {k: v for k, v in options.items() if v is not None}
@@ -203,7 +203,7 @@ def run_config_from_args(args):
 
 def cmd_train(args) -> int:
     from .api import resume_run, train_run
-    from .distributed import processes
+    from .training.distributed import processes
 
     if args.resume:
         _refuse_options_beside_resume(args)
@@ -257,7 +257,7 @@ def cmd_eval(args) -> int:
 def _evaluate_run(args) -> dict:
     from .api import load_run
     from .data import Columns, check_labels, read_examples
-    from .train import evaluate
+    from .training.trainer import evaluate
 
     if not args.input:
         raise UserError("eval --run needs --input FILE (labelled data)")
@@ -303,8 +303,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .arms import ARMS
-    from .bench import BenchConfig, run_bench
+    from .bench.arms import ARMS
+    from .bench.harness import BenchConfig, run_bench
 
     if args.list_arms:
         for name, arm in ARMS.items():

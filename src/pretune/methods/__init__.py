@@ -6,9 +6,9 @@ from dataclasses import fields
 
 from ..errors import UserError
 from .base import Method, MethodConfig
+from .cloze import PetConfig, PetMethod
 from .deep_prompt import DeepPromptConfig, DeepPromptMethod
 from .head import HeadConfig, HeadMethod
-from .pet import PetConfig, PetMethod
 from .ptuning import PtuningConfig, PtuningMethod
 
 METHODS: dict[str, type[Method]] = {

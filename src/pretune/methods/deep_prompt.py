@@ -15,9 +15,9 @@ from typing import ClassVar
 
 import torch
 
+from ..cloze.prefix import Prefix, cache_argument, model_key_values
 from ..errors import UserError
-from ..prefix import Prefix, cache_argument, model_key_values
-from .pet import BoundPrompt, _max_length
+from .cloze import BoundPrompt, _max_length
 from .ptuning import PromptConfig, TrainablePromptMethod
 
 

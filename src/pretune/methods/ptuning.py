@@ -27,15 +27,15 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..cloze.pattern import Pattern, Rendered, Soft
+from ..cloze.prompt import Prompt, ptuning_template
+from ..cloze.scoring import causal_lm_batch, masked_lm_batch
+from ..cloze.soft import ENCODERS, SoftPrompt, initial_embeddings
+from ..cloze.verbalizer import LabelWords, aggregate
 from ..errors import UserError
-from ..patterns import Pattern, Rendered, Soft
-from ..prompt_encoders import ENCODERS, SoftPrompt, initial_embeddings
-from ..scoring import causal_lm_batch, masked_lm_batch
-from ..task_defaults import Prompt, ptuning_template
-from ..verbalizers import LabelWords, aggregate
 from .base import body_parameter_group, new_parameter_group
+from .cloze import PetConfig, PetMethod
 from .head import HeadConfig, build_head
-from .pet import PetConfig, PetMethod
 
 READOUTS = ("verbalizer", "head")
 # The prompt's learning rate when --lr is not given. Embeddings trained directly (no encoder) need

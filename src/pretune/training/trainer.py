@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import metrics
+from .. import metrics
+from ..data import Task
+from ..errors import UserError
+from ..methods.base import Method
 from .checkpoint import Checkpointer, Snapshot, restore_rng, rng_state
-from .data import Task
 from .distributed import processes
-from .errors import UserError
-from .methods.base import Method
 
 
 @dataclass

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .runs import CHECKPOINT, atomic_write_bytes, load_weights, save_weights
+from ..errors import UserError
+from ..runs import CHECKPOINT, atomic_write_bytes, load_weights, save_weights
 
 STATE, TRAINER = "state.safetensors", "trainer.pt"
 # Without --checkpoint-every, a checkpoint at the first evaluation this long after the last one:

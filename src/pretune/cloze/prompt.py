@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .data import Task
-from .errors import UserError
-from .patterns import Pattern
-from .verbalizers import Verbalizer
+from ..data import Task
+from ..errors import UserError
+from .pattern import Pattern
+from .verbalizer import Verbalizer
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import inspect
 import torch
 from torch import nn
 
-from .prompt_encoders import zero_last
+from .soft import zero_last
 
 REPARAM_HIDDEN = 512  # width of the reparameterisation MLP (P-tuning v2's default)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 # A module import: the trainer imports the methods, and PET imports this module (a cycle by name only).
-from . import train as training
+from . import trainer as training
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,16 @@ from typing import ClassVar
 
 import torch
 
-# A module import: `ensemble` imports the trainer, which imports this package (a cycle by name only).
-from .. import ensemble as ensembles
-from ..auxiliary import language_modelling_batch
+from ..cloze.lm import language_modelling_batch
+from ..cloze.pattern import Mask, Pattern, PatternRenderer, Rendered
+from ..cloze.prompt import Prompt, resolve_prompts
+from ..cloze.scoring import LabelWordScorer, causal_lm_batch, masked_lm_batch, require_language_model
+from ..cloze.verbalizer import AGGREGATIONS, DEFAULT_AGGREGATION, Verbalizer, aggregate, tokenize_label_words
 from ..data import Example, Task, read_examples
 from ..errors import UserError
-from ..patterns import Mask, Pattern, PatternRenderer, Rendered
-from ..scoring import LabelWordScorer, causal_lm_batch, masked_lm_batch, require_language_model
-from ..task_defaults import Prompt, resolve_prompts
-from ..verbalizers import AGGREGATIONS, DEFAULT_AGGREGATION, Verbalizer, aggregate, tokenize_label_words
+
+# A module import: `ensemble` imports the trainer, which imports this package (a cycle by name only).
+from ..training import recipes as ensembles
 from .base import Method, MethodConfig, body_parameter_group
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .patterns import PatternRenderer, Rendered
+from .pattern import PatternRenderer, Rendered
 
 MASKED_FRACTION = 0.15
 IGNORED = -100  # the label transformers' losses skip

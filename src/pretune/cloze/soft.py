@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import UserError
-from .patterns import Soft
+from ..errors import UserError
+from .pattern import Soft
 
 ENCODERS = ("lstm", "mlp", "none")
 STATISTICS_SAMPLE = 4096  # vocabulary rows whose embeddings set the scale of random soft tokens

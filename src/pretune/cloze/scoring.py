@@ -29,10 +29,10 @@ import contextlib
 import torch
 from torch import nn
 
-from .backbones import Backbone
-from .errors import UserError
-from .patterns import Rendered
-from .verbalizers import LabelWords
+from ..backbones import Backbone
+from ..errors import UserError
+from .pattern import Rendered
+from .verbalizer import LabelWords
 
 # ---------------------------------------------------------------- layout: rows and targets
 
