@@ -112,6 +112,7 @@ def test_resumed_pet_ensemble_skips_finished_phases_and_continues_the_current_on
     patterns = ["{text} It was {mask}.", "{text} All in all, {mask}."]
     config = tiny_config(tmp_path, method="pet", train="bitfit", patterns=patterns, verbalizer="positive=good negative=bad")
     config.training.steps, config.training.eval_every = 6, 3
+    config.training.lr = None  # PET adds no parameters of its own: --body-lr is its only rate
     train_run(config, tmp_path / "straight", progress=False, backbone=tiny_bert())
     crash_after(monkeypatch, 1, 4)
     with pytest.raises(Crash):

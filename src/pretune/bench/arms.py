@@ -131,7 +131,8 @@ def run_untrained(arm: Arm, spec: RunSpec) -> dict:
     """Zero-shot: the method as it is, nothing trained and nothing to save (what `pretune eval --task`
     measures), keeping the test predictions for the confusion matrix."""
     from ..api import build_method
-    from ..training.trainer import evaluate, predictions_from_scores, resolve_device
+    from ..training.evaluation import evaluate, predictions_from_scores
+    from ..training.trainer import resolve_device
 
     options = arm.options
     config = spec.run_config(options["method"], options.get("method_options"), options.get("train"))
@@ -143,8 +144,7 @@ def run_untrained(arm: Arm, spec: RunSpec) -> dict:
     for split in ("dev", "test"):
         examples = getattr(task, split)
         start = time.perf_counter()
-        items = method.featurize(examples, progress=False)
-        split_metrics, scores = evaluate(method, items, task.targets(examples), config.training.eval_batch_size)
+        split_metrics, scores = evaluate(method, examples, task.targets(examples), config.training.eval_batch_size)
         measured[split] = (split_metrics, len(examples) / (time.perf_counter() - start), scores)
     test_metrics, test_rate, test_scores = measured["test"]
     return {

@@ -67,11 +67,11 @@ def _versions() -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from ..cli import _quiet_libraries
+    from ..console import quiet_libraries
     from ..runs import atomic_write_text
 
     job_path, record_path = map(Path, argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         record = run_job(json.loads(job_path.read_text()))
     except UserError as error:
