@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from pretune.api import RunConfig, build_method, prepare_task
-from pretune.train import score
 
 
 def accuracy_by_hand(config: RunConfig, split: str = "test") -> float:
@@ -14,5 +13,5 @@ def accuracy_by_hand(config: RunConfig, split: str = "test") -> float:
     method = build_method(config, task)
     method.finalize()
     examples = getattr(task, split)
-    predictions = score(method, method.featurize(examples, progress=False)).argmax(dim=-1)
+    predictions = method.label_scores(examples).argmax(dim=-1)
     return float((predictions == torch.tensor(task.targets(examples))).float().mean())

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES
-from pretune import arms as arms_module
-from pretune.arms import ARMS, Arm, resolve_arms
+from pretune.bench import arms as arms_module
+from pretune.bench.arms import ARMS, Arm, resolve_arms
+from pretune.bench.report import write_report
 from pretune.cli import main
 from pretune.errors import UserError
-from pretune.report import write_report
 
 TINY = ["--task", EXAMPLES, "--model", "bert-tiny", "--seeds", "13,21", "--steps", "3", "--quiet"]
 

@@ -12,8 +12,9 @@ import torch
 
 from conftest import _tiny
 from pretune.api import RunConfig, build_method, evaluate_untrained
-from pretune.train import TrainConfig, Trainer, score
-from pretune.verbalizers import aggregate
+from pretune.cloze.verbalizer import aggregate
+from pretune.training import recipes
+from pretune.training.trainer import TrainConfig, Trainer
 
 # ---------------------------------------------------------------- aggregation, directly
 
@@ -83,7 +84,7 @@ def word_log_probs(backbone, texts: list[str], words: list[str]) -> torch.Tensor
 def test_method_combines_label_words_as_aggregate_says(tiny_mlm, task, how):
     method = build_method(cloze_config(aggregate=how), task, backbone=tiny_mlm)
     texts = [e.text for e in task.test]
-    scores = score(method, method.featurize(task.test, progress=False))
+    scores = method.label_scores(task.test)
     positive = word_log_probs(tiny_mlm, texts, POSITIVE_WORDS)
     negative = word_log_probs(tiny_mlm, texts, [NEGATIVE_WORD])[:, 0]
     combine = {"logsumexp": lambda s: s.logsumexp(-1), "mean": lambda s: s.mean(-1), "max": lambda s: s.amax(-1)}[how]
@@ -95,7 +96,7 @@ def test_the_three_aggregations_give_different_label_scores(tiny_mlm, task):
     differences = []
     for how in ("logsumexp", "mean", "max"):
         method = build_method(cloze_config(aggregate=how), task, backbone=tiny_mlm)
-        scores = score(method, method.featurize(task.test, progress=False))
+        scores = method.label_scores(task.test)
         differences.append(scores[:, 1] - scores[:, 0])
     for i in range(3):
         for j in range(i + 1, 3):
@@ -109,11 +110,11 @@ def first_step_loss(backbone, task, **options) -> float:
     config = RunConfig(
         task="sst-2", model="tiny", method="pet",
         method_options={"patterns": ["{text} It was {mask}"], "verbalizer": "negative=bad positive=great", **options},
-        train="full", training=TrainConfig(steps=1, batch_size=8, lr=1e-3, warmup_ratio=0.0),
+        train="full", training=TrainConfig(steps=1, batch_size=8, body_lr=1e-3, warmup_ratio=0.0),
     )
     method = build_method(config, task, backbone=backbone)
     items = method.featurize(task.train, progress=False)
-    result = method.fit(Trainer(method, config.training, progress=False, log=None), items, task.targets(task.train))
+    result = recipes.fit(method, Trainer(config.training, progress=False, log=None), items, task.targets(task.train))
     return result.history[0]["loss"]
 
 
@@ -170,7 +171,7 @@ def _zero_shot_dev_accuracy(pattern: str, task, backbone) -> float:
     options = {"patterns": [pattern], "verbalizer": ENSEMBLE_WORDS}
     config = RunConfig(task="sst-2", model="bert-tiny", method="pet", method_options=options)
     method = build_method(config, task, backbone=backbone)
-    predictions = score(method, method.featurize(task.dev, progress=False)).argmax(-1)
+    predictions = method.label_scores(task.dev).argmax(-1)
     return float((predictions == torch.tensor(task.targets(task.dev))).float().mean())
 
 
@@ -178,13 +179,13 @@ def _trained_ensemble(task, backbone, patterns=ENSEMBLE_PATTERNS, **options):
     config = RunConfig(
         task="sst-2", model="bert-tiny", method="pet", train="bitfit",
         method_options={"patterns": list(patterns), "verbalizer": ENSEMBLE_WORDS, **options},
-        training=TrainConfig(steps=2, batch_size=4, lr=1e-3),
+        training=TrainConfig(steps=2, batch_size=4, body_lr=1e-3),
     )
     method = build_method(config, task, backbone=backbone)
     items = method.featurize(task.train, progress=False)
     targets = task.targets(task.train)
-    trainer = Trainer(method, config.training, progress=False, log=None)
-    method.fit(trainer, items, targets, items, targets)
+    trainer = Trainer(config.training, progress=False, log=None)
+    recipes.fit(method, trainer, items, targets, items, targets)
     return method
 
 
@@ -193,9 +194,9 @@ def distillation_targets(task, unlabelled, temperature, monkeypatch) -> torch.Te
     calls = []
     original = Trainer.fit
 
-    def recording(self, train_items, train_targets, *args, **kwargs):
+    def recording(self, method, train_items, train_targets, *args, **kwargs):
         calls.append(train_targets)
-        return original(self, train_items, train_targets, *args, **kwargs)
+        return original(self, method, train_items, train_targets, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "fit", recording)
     same = ["{text} It was {mask}."] * 2  # two identical members: their mixture is one member's distribution
@@ -222,7 +223,7 @@ def test_zero_shot_evaluation_matches_the_scored_accuracy(task_folder, tiny_mlm)
     metrics = evaluate_untrained(config, progress=False, backbone=tiny_mlm)
     method = build_method(config, _task_of(task_folder), backbone=tiny_mlm)
     data = _task_of(task_folder)
-    predictions = score(method, method.featurize(data.test, progress=False)).argmax(-1)
+    predictions = method.label_scores(data.test).argmax(-1)
     expected = float((predictions == torch.tensor(data.targets(data.test))).float().mean())
     assert metrics["test"]["accuracy"] == pytest.approx(expected)
 

@@ -166,17 +166,15 @@ def test_lora_rank_and_alpha_reach_every_adapter(tiny_mlm, task):
 def test_pattern_and_verbalizer_reach_the_prompt(tiny_mlm, task):
     method = built(tiny_mlm, task, "--method", "pet", "--pattern", "{text} Overall: {mask}.",
                    "--verbalizer", "positive=good,fine negative=bad")
-    assert [p.pattern.source for p in method.prompts] == ["{text} Overall: {mask}."]
-    assert dict(method.prompts[0].verbalizer.words) == {"negative": ("bad",), "positive": ("good", "fine")}
+    assert method.prompt.pattern.source == "{text} Overall: {mask}."
+    assert dict(method.prompt.verbalizer.words) == {"negative": ("bad",), "positive": ("good", "fine")}
 
 
 def test_calibrate_changes_the_evaluation_scores(tiny_mlm, task):
-    from pretune.train import score
-
     plain = built(tiny_mlm, task, "--method", "pet", "--pattern", "{text} It was {mask}.")
     calibrated = built(tiny_mlm, task, "--method", "pet", "--pattern", "{text} It was {mask}.", "--calibrate")
-    a = score(plain, plain.featurize(task.test, progress=False)).log_softmax(-1)
-    b = score(calibrated, calibrated.featurize(task.test, progress=False)).log_softmax(-1)
+    a = plain.label_scores(task.test).log_softmax(-1)
+    b = calibrated.label_scores(task.test).log_softmax(-1)
     shift = b - a  # calibration subtracts one content-free log-probability per label
     assert shift.abs().max() > 1e-4
     assert torch.allclose(shift[:, 1] - shift[:, 0], (shift[:, 1] - shift[:, 0])[0].expand(len(task.test)), atol=1e-5)

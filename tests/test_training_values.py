@@ -12,15 +12,18 @@ Two instruments:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretune.batches import Batch
 from pretune.data import Task
 from pretune.methods import HeadConfig, HeadMethod
-from pretune.train import TrainConfig, Trainer, set_seed
+from pretune.methods.base import Method, MethodConfig, Rates
+from pretune.training.trainer import TrainConfig, Trainer, set_seed
 from pretune.tuning import BodyTraining
 
 ADAM_EPS = 1e-8  # torch's AdamW default, which the trainer keeps
@@ -73,7 +76,7 @@ def train_head(method, task, **options):
     items = method.featurize(task.train, progress=False)
     defaults = {"warmup_ratio": 0.0, "max_grad_norm": None, "lr": 0.1}
     config = TrainConfig(**{**defaults, **options})
-    result = Trainer(method, config, progress=False, log=None).fit(items, task.targets(task.train))
+    result = Trainer(config, progress=False, log=None).fit(method, items, task.targets(task.train))
     return items, result
 
 
@@ -171,7 +174,6 @@ def test_adamw_first_step_by_hand(tiny_encoder, task, recorded):
     assert torch.allclose(method.head[-1].weight, expected, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: --weight-decay is stored but never reaches the optimizer (fixed by the redesign's parameter groups)")
 def test_weight_decay_option_reaches_the_optimizer_and_the_update(tiny_encoder, task, recorded):
     method = linear_head(tiny_encoder, task)
     start = method.head[-1].weight.detach().clone()
@@ -194,58 +196,57 @@ def scripted_task() -> Task:
     return task
 
 
-class Scripted(nn.Module):
-    """A method (the trainer's contract, nothing more) with one trainable vector. On training items
-    it is a real model (the loss trains the vector); on dev items its accuracy follows the script,
-    one value per evaluation, and it records the weights each evaluation saw."""
+@dataclass
+class ScriptedBatch(Batch):
+    index: torch.Tensor
+    dev: bool
+
+
+@dataclass
+class ScriptedConfig(MethodConfig):
+    def default_rates(self, training) -> Rates:
+        return Rates(own=0.1, body=0.1)
+
+
+class Scripted(Method):
+    """A method with one trainable vector. On training items it is a real model (the loss trains the
+    vector); on dev items its accuracy follows the script, one value per evaluation, and it records
+    the weights each evaluation saw."""
 
     name = "scripted"
 
     def __init__(self, task: Task, script: list[float]):
-        super().__init__()
-        self.task = task
+        nn.Module.__init__(self)  # no backbone: the method is its one vector
+        self.task, self.config, self.body_training = task, ScriptedConfig(), BodyTraining.parse("frozen")
         self.weight = nn.Parameter(torch.zeros(2))
         self.script = list(script)
         self.seen: list[torch.Tensor] = []  # the weights at each evaluation
         self.dev_targets = task.targets(task.dev)
 
+    def train(self, mode: bool = True):
+        return nn.Module.train(self, mode)
+
     def featurize(self, examples, progress=False):
         return [{"index": i} for i, _ in enumerate(examples)]
 
+    def item_length(self, item) -> int:
+        return 1
+
     def collate(self, items):
-        return {"index": torch.tensor([item["index"] for item in items]), "dev": not self.training}
+        return ScriptedBatch(torch.tensor([item["index"] for item in items]), dev=not self.training)
 
     def forward(self, batch):
-        index = batch["index"]
-        if not batch["dev"]:
-            return self.weight.unsqueeze(0) * (1.0 + index.float()).unsqueeze(1)
+        if not batch.dev:
+            return self.weight.unsqueeze(0) * (1.0 + batch.index.float()).unsqueeze(1)
         accuracy = self.script[len(self.seen)]
         self.seen.append(self.weight.detach().clone())
         right = round(accuracy * len(self.dev_targets))
-        targets = torch.tensor(self.dev_targets)[index]
-        predicted = torch.where(index < right, targets, 1 - targets)
+        targets = torch.tensor(self.dev_targets)[batch.index]
+        predicted = torch.where(batch.index < right, targets, 1 - targets)
         return F.one_hot(predicted, 2).float()
 
-    def param_groups(self, lr, body_lr):
-        return [{"name": "scripted", "params": [self.weight], "lr": lr, "weight_decay": 0.0}]
-
-    def auxiliary_loss(self):
-        return None
-
-    @staticmethod
-    def item_length(item):
-        return 1
-
-    def trainable_state_dict(self):
-        return {"weight": self.weight.detach().clone()}
-
-    def load_trainable_state_dict(self, state):
-        with torch.no_grad():
-            self.weight.copy_(state["weight"])
-
-    @property
-    def device(self):
-        return self.weight.device
+    def parameter_groups(self):
+        return {"head": [self.weight]}
 
 
 def run_script(script: list[float], steps: int, patience: int | None = None):
@@ -254,8 +255,8 @@ def run_script(script: list[float], steps: int, patience: int | None = None):
     config = TrainConfig(steps=steps, batch_size=4, lr=0.1, eval_every=1, patience=patience, warmup_ratio=0.0)
     train_items = method.featurize(task.train)
     dev_items = method.featurize(task.dev)
-    result = Trainer(method, config, progress=False, log=None).fit(
-        train_items, task.targets(task.train), dev_items, task.targets(task.dev)
+    result = Trainer(config, progress=False, log=None).fit(
+        method, train_items, task.targets(task.train), dev_items, task.targets(task.dev)
     )
     return method, result
 
