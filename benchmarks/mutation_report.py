@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -43,6 +44,26 @@ def diff(mutant: str) -> str:
     return "\n".join(line for line in shown.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---")))
 
 
+# Survivors whose change cannot alter what the suite's platform (CPU) computes, recognised by their
+# diff: (what the mutant changes, why it is equivalent). Anything else needs a named reason in
+# benchmarks/mutation_equivalent.json, or a test.
+EQUIVALENT_PATTERNS = [
+    (r"device=None|\.to\(None\)|device=[a-z_.]*device\b.*->|non_blocking=(False|None)",
+     "where a tensor lives, or a copy hint: on CPU (the suite's platform) nothing moves; CUDA placement is "
+     "checked on a lent GPU, not by the CPU suite"),
+    (r'float\("[-+]?(INF|Inf|inf)"\)', "float() reads infinity in any letter case"),
+]
+
+
+def equivalence(change: str) -> str | None:
+    removed = [line[1:] for line in change.splitlines() if line.startswith("-")]
+    added = [line[1:] for line in change.splitlines() if line.startswith("+")]
+    for pattern, reason in EQUIVALENT_PATTERNS:
+        if any(re.search(pattern, line) for line in added) and not any(re.search(pattern, line) for line in removed):
+            return reason
+    return None
+
+
 def cpu_name() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -56,6 +77,10 @@ def main() -> int:
     if not found:
         raise SystemExit("no mutation results: run `mutmut run` first (make mutation)")
     reasons = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
+    diffs = {name: diff(name) for name, status in found.items() if status in ("survived", "no tests", "suspicious")}
+    for name, change in diffs.items():
+        if name not in reasons and equivalence(change):
+            reasons[name] = equivalence(change)
     per_module: dict[str, Counter] = defaultdict(Counter)
     for name, status in found.items():
         per_module[module_of(name)][status] += 1
@@ -76,13 +101,13 @@ def main() -> int:
     }
     results = ROOT / "benchmarks" / "results"
     (results / "mutation.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (results / "mutation.md").write_text(markdown(summary, survivors, reasons))
+    (results / "mutation.md").write_text(markdown(summary, survivors, reasons, diffs))
     print(f"mutation score: {detected}/{tested} = {score:.1%} of the mutants tested were killed "
           f"({len(found) - tested} not tested); {len(survivors)} survived, {len(explained)} of them explained as equivalent")
     return 0
 
 
-def markdown(summary: dict, survivors: list[str], reasons: dict) -> str:
+def markdown(summary: dict, survivors: list[str], reasons: dict, diffs: dict) -> str:
     lines = [
         "# Mutation testing: training loop, scoring, verbalizers, recipes, parameter groups", "",
         f"Command: `{summary['command']}`. Tool: mutmut 3.8.1; each mutant is run against the tests of the fast "
@@ -102,7 +127,7 @@ def markdown(summary: dict, survivors: list[str], reasons: dict) -> str:
     lines += ["", f"## Surviving mutants ({len(survivors)})", ""]
     for name in survivors:
         lines += [f"- `{name}`: {reasons.get(name, '**not explained**: no test pins this yet')}", "", "  ```diff"]
-        lines += [f"  {line}" for line in diff(name).splitlines()] + ["  ```", ""]
+        lines += [f"  {line}" for line in diffs[name].splitlines()] + ["  ```", ""]
     return "\n".join(lines) + "\n"
 
 
