@@ -232,3 +232,59 @@ def _task_of(folder):
     from pretune.data import load_task
 
     return load_task(str(folder))
+
+
+# ---------------------------------------------------------------- the masked LM's auxiliary rows
+
+SOFT_PATTERN = "[P] {text} [P*2] It was {mask} [P] indeed."  # soft tokens before and after the mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_masked_lm_auxiliary_rows_mask_fifteen_percent_of_the_plain_text_tokens(tiny_mlm, task, seed):
+    """Every row: max(1, round(0.15 n)) of its n plain tokens are masked and become the labels; never
+    the special tokens, the pattern's own mask or a soft token; everything else is left as it was."""
+    method = build_method(RunConfig(task="sst-2", model="bert-tiny", method="ptuning",
+                                    method_options={"patterns": [SOFT_PATTERN]}), task, backbone=tiny_mlm)
+    examples = [task.train[7], task.train[0], task.train[5]]  # "a bore", then longer texts
+    rendered = method.featurize(examples, progress=False)
+    torch.manual_seed(seed)
+    batch = method.lm.language_modelling_batch(rendered, method.prompt.renderer)
+    tokenizer, mask_id = tiny_mlm.tokenizer, tiny_mlm.tokenizer.mask_token_id
+    special = {tokenizer.cls_token_id, tokenizer.sep_token_id}
+    for row, r in enumerate(rendered):
+        original = r.prefix + [mask_id] + r.suffix
+        soft = set(r.soft_in_prefix) | {len(r.prefix) + 1 + i for i in r.soft_in_suffix}
+        plain = [i for i, t in enumerate(original) if t not in special and i != len(r.prefix) and i not in soft]
+        labels = batch.labels[row, : len(original)].tolist()
+        masked = [i for i, label in enumerate(labels) if label != -100]
+        assert len(masked) == max(1, round(0.15 * len(plain))), (row, len(plain))
+        assert set(masked) <= set(plain)
+        assert all(labels[i] == original[i] for i in masked)
+        inputs = batch.input_ids[row, : len(original)].tolist()
+        assert inputs == [mask_id if i in masked else t for i, t in enumerate(original)]
+        assert (batch.labels[row, len(original) :] == -100).all()
+
+
+def test_one_plain_token_is_masked_when_fifteen_percent_rounds_to_zero(tiny_mlm, task):
+    from pretune.data import Example
+
+    method = build_method(cloze_config(patterns=["{text} It was {mask}."]), task, backbone=tiny_mlm)
+    rendered = method.featurize([Example("bore")], progress=False)
+    batch = method.lm.language_modelling_batch(rendered, method.prompt.renderer)
+    assert int((batch.labels != -100).sum()) == 1  # 4 plain tokens: round(0.6) = 1
+
+
+# ---------------------------------------------------------------- a distilled model, reloaded
+
+
+def test_a_distilled_state_loads_into_the_first_member_and_scores_alone(task):
+    method = build_method(cloze_config(patterns=ENSEMBLE_PATTERNS), task, backbone=_tiny("mlm", "bert-tiny"))
+    first = method.members[0]
+    changed = {name: tensor + 0.01 for name, tensor in first.trainable_state_dict().items()}
+    method.load_trainable_state_dict({"distilled." + name: tensor for name, tensor in changed.items()})
+    assert method.distilled
+    state = first.trainable_state_dict()
+    assert state.keys() == changed.keys() and all(torch.equal(state[k], changed[k]) for k in state)
+    assert torch.allclose(method.label_scores(task.test), first.label_scores(task.test))
+    saved = method.trainable_state_dict()
+    assert set(saved) == {"distilled." + name for name in changed}

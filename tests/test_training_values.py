@@ -313,3 +313,15 @@ def test_history_loss_is_the_mean_of_the_steps_since_the_last_evaluation():
     """Scripted training loss by hand: scores w * (1 + i), w starts at zero: step 1's loss is log 2."""
     _, result = run_script([0.5, 0.5], steps=2)
     assert result.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_divergence_names_the_step_and_the_cure_in_one_line(tiny_encoder, task):
+    from pretune.errors import UserError
+
+    method = linear_head(tiny_encoder, task)
+    with pytest.raises(UserError) as error:
+        train_head(method, task, steps=3, batch_size=8, lr=float("inf"))
+    assert str(error.value) in {
+        f"training diverged: the {what} became {value} at step {step}; try a lower --lr"
+        for what in ("loss", "gradient norm") for value in ("nan", "inf") for step in (1, 2, 3)
+    }
