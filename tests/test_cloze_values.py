@@ -288,3 +288,47 @@ def test_a_distilled_state_loads_into_the_first_member_and_scores_alone(task):
     assert torch.allclose(method.label_scores(task.test), first.label_scores(task.test))
     saved = method.trainable_state_dict()
     assert set(saved) == {"distilled." + name for name in changed}
+
+
+def fit_calls(monkeypatch) -> list[dict]:
+    """Every Trainer.fit call, with what it was given."""
+    calls = []
+    original = Trainer.fit
+
+    def recording(self, method, train_items, train_targets, dev_items=None, dev_targets=None, stage=0, extra_loss=None):
+        calls.append({"method": method, "items": train_items, "targets": train_targets, "dev": dev_items,
+                      "dev_targets": dev_targets, "stage": stage, "extra_loss": extra_loss})
+        return original(self, method, train_items, train_targets, dev_items, dev_targets, stage, extra_loss)
+
+    monkeypatch.setattr(Trainer, "fit", recording)
+    return calls
+
+
+@pytest.mark.parametrize("with_dev", [True, False])
+def test_distillation_trains_the_first_member_on_its_own_rendering_with_dev_and_auxiliary_loss(tmp_path, task, monkeypatch, with_dev):
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text("".join(json.dumps({"text": e.text}) + "\n" for e in task.test[:5]))
+    options = {"patterns": ENSEMBLE_PATTERNS, "verbalizer": ENSEMBLE_WORDS, "distil": True, "unlabelled": str(unlabelled),
+               "aux_lm_weight": 0.5}
+    config = RunConfig(task="sst-2", model="bert-tiny", method="pet", train="bitfit", method_options=options,
+                       training=TrainConfig(steps=2, batch_size=4, body_lr=1e-3, eval_every=1))
+    method = build_method(config, task, backbone=_tiny("mlm", "bert-tiny"))
+    items, targets = method.featurize(task.train, progress=False), task.targets(task.train)
+    calls = fit_calls(monkeypatch)
+    dev = (items, targets) if with_dev else (None, None)
+    result = recipes.fit(method, Trainer(config.training, progress=False, log=None), items, targets, *dev)
+    members, distil = calls[:2], calls[2]
+    assert [c["stage"] for c in calls] == [0, 1, 2] and [c["method"] for c in members] == method.members
+    assert distil["method"] is method.members[0]
+    unlabelled_items = method.members[0].featurize(read_unlabelled(unlabelled), progress=False)
+    assert [r.prefix for r in distil["items"]] == [r.prefix for r in unlabelled_items]
+    assert (distil["dev"] is items[0]) if with_dev else distil["dev"] is None
+    assert [r.prefix for r in distil["extra_loss"].items] == [r.prefix for r in unlabelled_items]
+    assert method.distilled and len(result.history) == 3 * 2
+    assert all(("dev_accuracy" in row) == with_dev for row in result.history)
+
+
+def read_unlabelled(path):
+    from pretune.data import read_examples
+
+    return read_examples(path, require_label=False)
