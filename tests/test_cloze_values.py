@@ -296,9 +296,11 @@ def fit_calls(monkeypatch) -> list[dict]:
     original = Trainer.fit
 
     def recording(self, method, train_items, train_targets, dev_items=None, dev_targets=None, stage=0, extra_loss=None):
-        calls.append({"method": method, "items": train_items, "targets": train_targets, "dev": dev_items,
-                      "dev_targets": dev_targets, "stage": stage, "extra_loss": extra_loss})
-        return original(self, method, train_items, train_targets, dev_items, dev_targets, stage, extra_loss)
+        call = {"method": method, "items": train_items, "targets": train_targets, "dev": dev_items,
+                "dev_targets": dev_targets, "stage": stage, "extra_loss": extra_loss}
+        calls.append(call)
+        call["result"] = original(self, method, train_items, train_targets, dev_items, dev_targets, stage, extra_loss)
+        return call["result"]
 
     monkeypatch.setattr(Trainer, "fit", recording)
     return calls
@@ -319,12 +321,16 @@ def test_distillation_trains_the_first_member_on_its_own_rendering_with_dev_and_
     result = recipes.fit(method, Trainer(config.training, progress=False, log=None), items, targets, *dev)
     members, distil = calls[:2], calls[2]
     assert [c["stage"] for c in calls] == [0, 1, 2] and [c["method"] for c in members] == method.members
+    for index, call in enumerate(members):  # each member on its own rendering, its dev, its auxiliary loss
+        assert call["items"] is items[index] and ((call["dev"] is items[index]) if with_dev else call["dev"] is None)
+        assert call["extra_loss"] is not None and call["extra_loss"].method is method.members[index]
     assert distil["method"] is method.members[0]
     unlabelled_items = method.members[0].featurize(read_unlabelled(unlabelled), progress=False)
     assert [r.prefix for r in distil["items"]] == [r.prefix for r in unlabelled_items]
     assert (distil["dev"] is items[0]) if with_dev else distil["dev"] is None
     assert [r.prefix for r in distil["extra_loss"].items] == [r.prefix for r in unlabelled_items]
     assert method.distilled and len(result.history) == 3 * 2
+    assert result.best_dev == distil["result"].best_dev  # the distilled model's, not the members' mean
     assert all(("dev_accuracy" in row) == with_dev for row in result.history)
 
 
@@ -332,3 +338,46 @@ def read_unlabelled(path):
     from pretune.data import read_examples
 
     return read_examples(path, require_label=False)
+
+
+def test_causal_auxiliary_rows_predict_every_token_but_the_soft_ones(tiny_causal, task):
+    method = build_method(RunConfig(task="sst-2", model="tiny", method="ptuning",
+                                    method_options={"patterns": ["[P] {text} [P*2] It was {mask}"]}), task, backbone=tiny_causal)
+    rendered = method.featurize(task.train[:3], progress=False)
+    batch = method.lm.language_modelling_batch(rendered, method.prompt.renderer)
+    for row, r in enumerate(rendered):
+        tokens = r.prefix + r.suffix
+        soft = set(r.soft_in_prefix) | {len(r.prefix) + i for i in r.soft_in_suffix}
+        assert len(soft) == 3
+        assert batch.input_ids[row, : len(tokens)].tolist() == tokens
+        assert batch.labels[row, : len(tokens)].tolist() == [-100 if i in soft else t for i, t in enumerate(tokens)]
+        assert batch.attention_mask[row].tolist() == [1] * len(tokens) + [0] * (batch.input_ids.shape[1] - len(tokens))
+
+
+def test_auxiliary_loss_of_a_padded_batch_equals_the_rows_losses_computed_alone(task):
+    """Texts of different lengths in one masked-LM batch: padding must change nothing. The loss is the
+    mean over every masked token of the rows, each row computed alone, unpadded."""
+    backbone = _tiny("mlm", "bert-tiny")
+    for module in backbone.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # the loss is compared by value: no dropout noise
+    method = build_method(cloze_config(patterns=["{text} It was {mask}."]), task, backbone=backbone)
+    short, long = task.train[3], task.train[1]  # "a delight", "great acting and a lovely story"
+    items = method.featurize([short, long], progress=False)
+    auxiliary = recipes.AuxiliaryLM(method, items, weight=2.0, batch_size=2)
+    method.train()
+    torch.manual_seed(0)
+    picks = torch.randint(2, (2,)).tolist()  # [0, 1] with this seed: the short text and the long one
+    batch = method.lm.language_modelling_batch([items[p] for p in picks], method.prompt.renderer)  # the same draws
+    torch.manual_seed(0)
+    loss = auxiliary().item()
+    assert picks == [0, 1]
+    total, count = 0.0, 0
+    for row, pick in enumerate(picks):
+        length = len(items[pick].prefix) + 1 + len(items[pick].suffix)
+        ids, labels = batch.input_ids[row : row + 1, :length], batch.labels[row : row + 1, :length]
+        with torch.no_grad():
+            row_loss = backbone.model(input_ids=ids, labels=labels).loss.item()
+        masked = int((labels != -100).sum())
+        total, count = total + row_loss * masked, count + masked
+    assert loss == pytest.approx(2.0 * total / count, rel=1e-5)
