@@ -55,9 +55,14 @@ EQUIVALENT_PATTERNS = [
 ]
 
 
+PROGRESS = re.compile(r",?\s*\b(progress|desc)(=\w+)?\b|,\s*None\b|,\s*(?=\))")
+
+
 def equivalence(change: str) -> str | None:
     removed = [line[1:] for line in change.splitlines() if line.startswith("-")]
     added = [line[1:] for line in change.splitlines() if line.startswith("+")]
+    if removed and [PROGRESS.sub("", line) for line in removed] == [PROGRESS.sub("", line) for line in added]:
+        return "changes only whether a progress bar shows (or its label): nothing computed depends on it"
     for pattern, reason in EQUIVALENT_PATTERNS:
         if any(re.search(pattern, line) for line in added) and not any(re.search(pattern, line) for line in removed):
             return reason

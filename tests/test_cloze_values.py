@@ -381,3 +381,10 @@ def test_auxiliary_loss_of_a_padded_batch_equals_the_rows_losses_computed_alone(
         masked = int((labels != -100).sum())
         total, count = total + row_loss * masked, count + masked
     assert loss == pytest.approx(2.0 * total / count, rel=1e-5)
+
+
+def test_an_ensemble_counts_the_shared_body_once(task):
+    method = build_method(cloze_config(patterns=ENSEMBLE_PATTERNS), task, backbone=_tiny("mlm", "bert-tiny"))
+    one = build_method(cloze_config(), task, backbone=_tiny("mlm", "bert-tiny"))
+    assert sum(p.numel() for p in method.parameters()) == sum(p.numel() for p in one.parameters())
+    assert len(list(method.parameters())) == len(list(one.parameters()))
