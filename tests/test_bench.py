@@ -78,7 +78,7 @@ def test_a_folder_with_other_files_is_refused_untouched(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [(["--seeds", "13,x"], "--seeds: 'x' is not a whole number"), (["--seeds", "13,13"], "names a seed twice"),
-     (["--model", "no-such-model"], "unknown model 'no-such-model'")],
+     (["--model", "no-such-model"], "cannot load model 'no-such-model'")],
 )
 def test_bad_bench_options_are_one_line(tmp_path, capsys, extra, message):
     code, _, err = run_cli(capsys, "bench", *TINY, *extra, "--methods", "head", "--out", tmp_path / "bench")

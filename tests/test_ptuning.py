@@ -179,6 +179,18 @@ def test_prompt_length_puts_soft_tokens_in_front_of_the_pet_pattern(tiny_causal,
     assert method.prompt.verbalizer.words == {"negative": ("negative",), "positive": ("positive",)}
 
 
+def test_prompt_tuning_is_ptuning_without_an_encoder(tiny_causal, task):
+    torch.manual_seed(1)
+    preset = build_method("prompt-tuning", tiny_causal, task, {"prompt_length": 3})
+    torch.manual_seed(1)
+    spelled_out = build_method("ptuning", tiny_causal, task, {"encoder": "none", "prompt_length": 3})
+    assert preset.soft_prompt.encoder is None and torch.equal(preset.soft_prompt(), spelled_out.soft_prompt())
+    items = preset.featurize(task.test)
+    assert torch.equal(preset.score_items(items), spelled_out.score_items(items))
+    with pytest.raises(UserError, match="method 'prompt-tuning' has no option encoder"):
+        build_method("prompt-tuning", tiny_causal, task, {"encoder": "lstm"})
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

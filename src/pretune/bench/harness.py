@@ -165,9 +165,9 @@ def plan(config: BenchConfig) -> tuple[list[PlannedRun], dict[str, str]]:
     arms, skipped = resolve_arms(config.arms)
     if not arms:
         raise UserError(f"none of the arms in --methods can run here: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
-    from ..backbones import resolve
+    from ..backbones import detect_kind, resolve
 
-    resolve(config.model)  # an unknown or missing model is one clear line before anything runs
+    detect_kind(resolve(config.model))  # a missing model (or an unreachable hub id) is one clear line before anything runs
     runs = []
     for task in config.tasks:
         for seed in config.seeds:

@@ -7,7 +7,7 @@ of its targets' log-probabilities, so multi-token words cost no extra forward pa
 
 - Masked LM: a row is prefix + N masks + suffix for each length N the words have (one row when all
   words are one token); a word of N tokens fills the N masks in parallel. The answer is read at
-  the mask; PET's auxiliary loss restores 15% of the tokens.
+  the mask, through the LM head's transform; PET's auxiliary loss restores 15% of the tokens.
 - Causal LM: a row is prefix + word (+ text after the mask); the word's tokens and what follows are
   scored left to right, words of one token share a single row (the prefix). The answer is read at
   the last token before the mask; the auxiliary loss predicts every next token. Nothing may close
@@ -19,9 +19,12 @@ of its targets' log-probabilities, so multi-token words cost no extra forward pa
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..backbones import Backbone
 from ..batches import Batch, attention_mask, pad_right
@@ -119,6 +122,18 @@ class MaskedLM:
     def check_pattern(self, pattern: Pattern, renderer: PatternRenderer) -> None:
         """Refuse a pattern this kind of LM cannot read (a masked LM reads any)."""
 
+    @staticmethod
+    def output_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The LM head's transform (dense, activation, norm) without its vocabulary projection: the
+        hidden state as the output layer reads it."""
+        head, parent, name = _mlm_head(model)
+
+        def transform(hidden: torch.Tensor) -> torch.Tensor:
+            with _bypassed(parent, name):
+                return head(hidden)
+
+        return transform
+
     def label_word_batch(self, rendered: list[Rendered], words: LabelWords) -> ClozeBatch:
         """Rows prefix + N masks + suffix, one per word length N; targets: each word's tokens at its masks."""
         layout = _Layout(len(rendered), len(words))
@@ -176,6 +191,11 @@ class CausalLM:
             raise UserError(f"pattern '{pattern}': a causal LM reads left to right, so soft tokens after {{mask}} "
                             "cannot change its answer; put them before {mask}")
 
+    @staticmethod
+    def output_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A causal LM's output layer reads the final hidden state as it is."""
+        return lambda hidden: hidden
+
     def label_word_batch(self, rendered: list[Rendered], words: LabelWords) -> ClozeBatch:
         """Rows prefix + word + suffix (without the last token, which nothing reads); targets: the
         word's tokens and the suffix's, each predicted from the position before it."""
@@ -227,3 +247,30 @@ def language_model(backbone: Backbone) -> LanguageModel:
 def _one_position(token: int) -> LabelWords:
     """A one-token stand-in 'word': the layout then yields one target per example, where the answer is read."""
     return LabelWords(("{mask}",), ((token,),), (0,), 1)
+
+
+def _mlm_head(model: nn.Module) -> tuple[nn.Module, nn.Module, str]:
+    """The module that maps hidden states to vocabulary logits (BERT's `cls`, RoBERTa's `lm_head`),
+    the module holding its decoder and the decoder's attribute name. Found generically: the child
+    of the model that contains the output embeddings."""
+    decoder = model.get_output_embeddings()
+    path = next(name for name, module in model.named_modules() if module is decoder)
+    if "." not in path:
+        raise UserError(
+            f"cannot separate the head transform of {type(model).__name__} from its output layer "
+            f"('{path}' is not inside a head module)"
+        )
+    parent_path, name = path.rsplit(".", 1)
+    return model.get_submodule(path.split(".")[0]), model.get_submodule(parent_path), name
+
+
+@contextlib.contextmanager
+def _bypassed(parent: nn.Module, name: str):
+    """Temporarily replace a head's vocabulary projection with the identity, so that the head
+    returns the transformed hidden state (whatever activations and norms its forward applies)."""
+    decoder = getattr(parent, name)
+    setattr(parent, name, nn.Identity())
+    try:
+        yield
+    finally:
+        setattr(parent, name, decoder)

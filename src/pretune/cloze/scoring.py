@@ -16,10 +16,7 @@ same scores the naive way (all logits of the model, then index), as a reference.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
-from torch import nn
 
 from ..backbones import Backbone
 from ..errors import UserError
@@ -37,8 +34,7 @@ class LabelWordScorer:
         if self.output is None:
             raise UserError(f"model '{backbone.name}' exposes no output layer to read label words from")
         self.softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
-        masked = self.lm.name == "mlm"
-        self._head, self._decoder_parent, self._decoder_name = _mlm_head(self.model) if masked else (None,) * 3
+        self._transform = self.lm.output_transform(self.model)  # what the output layer reads
 
     # -- the cheap path: label-word rows only ------------------------------------------
     def word_scores(self, batch: ClozeBatch) -> torch.Tensor:
@@ -56,13 +52,6 @@ class LabelWordScorer:
         if batch.target_normalize.any():
             scores = scores - self._log_normalisers(picked, batch)
         return self._per_word(scores, batch)
-
-    def _transform(self, hidden: torch.Tensor) -> torch.Tensor:
-        """A masked LM's head transform (dense, activation, norm) without its vocabulary projection."""
-        if self._head is None:
-            return hidden
-        with _bypassed(self._decoder_parent, self._decoder_name):
-            return self._head(hidden)
 
     def _log_normalisers(self, picked: torch.Tensor, batch: ClozeBatch) -> torch.Tensor:
         """log Z over the full vocabulary, computed once per distinct (row, position) that needs it."""
@@ -96,30 +85,3 @@ class LabelWordScorer:
         scores = picked.gather(1, batch.target_token.unsqueeze(1)).squeeze(1)
         scores = scores - picked.logsumexp(dim=-1) * batch.target_normalize
         return self._per_word(scores, batch)
-
-
-def _mlm_head(model: nn.Module) -> tuple[nn.Module, nn.Module, str]:
-    """The module that maps hidden states to vocabulary logits (BERT's `cls`, RoBERTa's `lm_head`),
-    the module holding its decoder and the decoder's attribute name. Found generically: the child
-    of the model that contains the output embeddings."""
-    decoder = model.get_output_embeddings()
-    path = next(name for name, module in model.named_modules() if module is decoder)
-    if "." not in path:
-        raise UserError(
-            f"cannot separate the head transform of {type(model).__name__} from its output layer "
-            f"('{path}' is not inside a head module)"
-        )
-    parent_path, name = path.rsplit(".", 1)
-    return model.get_submodule(path.split(".")[0]), model.get_submodule(parent_path), name
-
-
-@contextlib.contextmanager
-def _bypassed(parent: nn.Module, name: str):
-    """Temporarily replace a head's vocabulary projection with the identity, so that the head
-    returns the transformed hidden state (whatever activations and norms its forward applies)."""
-    decoder = getattr(parent, name)
-    setattr(parent, name, nn.Identity())
-    try:
-        yield
-    finally:
-        setattr(parent, name, decoder)

@@ -15,7 +15,7 @@ trained (`trainable_state_dict`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -43,9 +43,6 @@ class Rates:
 @dataclass
 class MethodConfig:
     """Base of the per-method config dataclasses (built from a run's options)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def validate(self, task: Task | None = None) -> None:
         """Check the options (and fill task-dependent defaults) before any model loads."""

@@ -39,6 +39,7 @@ class MethodSpec:
     options: tuple[str, ...]  # the config fields a user may set
     default_training: str  # which body parameters train when the user does not say
     build: Callable[[Backbone, Task, MethodConfig, BodyTraining], list[Method]]
+    check_backbone: Callable[[Backbone], object]  # refuses, with a UserError, a model the method cannot use
     fixed: dict = field(default_factory=dict)  # config values the preset sets
 
     def make_config(self, options: dict, task: Task | None = None) -> MethodConfig:
@@ -50,11 +51,6 @@ class MethodSpec:
         config = self.config_class(**{**self.fixed, **options})
         config.validate(task)
         return config
-
-    def check_backbone(self, backbone: Backbone) -> None:
-        """Refuse, with a UserError, a model this method cannot use (a cloze method on an encoder)."""
-        if self.config_class is ClozeConfig:
-            language_model(backbone)
 
 
 def build_head(backbone, task, config, training) -> list[Method]:
@@ -68,12 +64,13 @@ def build_cloze(backbone, task, config: ClozeConfig, training) -> list[Method]:
 
 
 def _cloze(name: str, about: str, options: tuple[str, ...], training: str, **fixed) -> MethodSpec:
-    return MethodSpec(name, about, ClozeConfig, options, training, build_cloze, {"method": name, **fixed})
+    # A cloze method needs a language-model head: `language_model` refuses an encoder.
+    return MethodSpec(name, about, ClozeConfig, options, training, build_cloze, language_model, {"method": name, **fixed})
 
 
 SPECS = (
     MethodSpec("head", "a linear or MLP head on a pooled hidden state", HeadConfig,
-               tuple(f.name for f in fields(HeadConfig)), "frozen", build_head),
+               tuple(f.name for f in fields(HeadConfig)), "frozen", build_head, lambda backbone: None),
     _cloze("pet", "cloze pattern, label words at the mask, whole body", (*PROMPT, *RECIPES), "full", input="pattern"),
     _cloze("ptuning", "soft tokens from a prompt encoder among the pattern's words, body frozen",
            (*TRAINED_PROMPT, "encoder"), "frozen", input="soft"),

@@ -181,6 +181,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, progress: bool = True, log=print, checkpoints: Checkpointer | None = None):
         config.validate()
         self.method: Method | None = None  # the method the current `fit` trains
+        self.extra_loss = None  # and the extra loss it adds at every micro-batch
         self.config = config
         self.processes = processes()
         self.progress = progress and self.processes.is_main
