@@ -388,3 +388,15 @@ def test_an_ensemble_counts_the_shared_body_once(task):
     one = build_method(cloze_config(), task, backbone=_tiny("mlm", "bert-tiny"))
     assert sum(p.numel() for p in method.parameters()) == sum(p.numel() for p in one.parameters())
     assert len(list(method.parameters())) == len(list(one.parameters()))
+
+
+def test_a_verbalizer_prints_as_it_parses_with_semicolons_only_where_a_name_holds_a_space():
+    from pretune.cloze.verbalizer import Verbalizer
+
+    plain = Verbalizer.parse("negative=bad positive=good,great")
+    spaced_label = Verbalizer.parse("very negative=awful; positive=good")
+    spaced_word = Verbalizer.parse("negative=not good; positive=good")
+    assert str(plain) == "negative=bad positive=good,great"
+    assert str(spaced_label) == "very negative=awful; positive=good"
+    assert str(spaced_word) == "negative=not good; positive=good"
+    assert all(Verbalizer.parse(str(v)) == v for v in (plain, spaced_label, spaced_word))
