@@ -24,6 +24,7 @@ from .data import Task
 from .distributed import processes
 from .errors import UserError
 from .methods.base import Method
+from .validation import check_device, check_numbers
 
 
 @dataclass
@@ -61,6 +62,8 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.checkpoint_every is not None and self.checkpoint_every < 0:
             raise UserError(f"--checkpoint-every must be 0 (at the end only) or more, got {self.checkpoint_every}")
+        check_numbers(self.to_dict())
+        check_device(self.device)
 
 
 @dataclass
@@ -228,6 +231,9 @@ class Trainer:
         groups = [g for g in self.method.param_groups(self.config.lr, self.config.body_lr) if g["params"]]
         if not groups:
             raise UserError(f"method '{self.method.name}' has no trainable parameters with this configuration")
+        for group in groups:  # --weight-decay sets every group that decays (biases and norms never do)
+            if group.get("weight_decay", 0.0) > 0:
+                group["weight_decay"] = self.config.weight_decay
         return torch.optim.AdamW(groups)
 
     def _total_steps(self, n_train: int) -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 from ..errors import UserError
+from ..validation import check_fields, check_numbers
 from .base import Method, MethodConfig
 from .deep_prompt import DeepPromptConfig, DeepPromptMethod
 from .head import HeadConfig, HeadMethod
@@ -29,7 +30,9 @@ def make_config(name: str, options: dict, task=None) -> MethodConfig:
     unknown = sorted(set(options) - known)
     if unknown:
         raise UserError(f"method '{name}' has no option {', '.join(unknown)} (its options: {', '.join(sorted(known))})")
+    check_fields(cls, options, f"method '{name}'")
     config = cls(**options)
+    check_numbers(asdict(config))
     config.validate(task)
     return config
 
