@@ -278,6 +278,8 @@ def cmd_predict(args) -> int:
 
     if args.output:
         _check_output_folder(args.output, "--output")
+        if Path(args.output).exists():
+            raise UserError(f"--output {args.output} already exists; choose another file")
     predictor = load_run(args.run)
     columns = Columns(args.text_field, args.pair_field, args.label_field)
     examples = read_examples(args.input, columns, require_label=False)
@@ -286,8 +288,6 @@ def cmd_predict(args) -> int:
     if args.output:
         from .runs import atomic_write_text
 
-        if Path(args.output).exists():
-            raise UserError(f"--output {args.output} already exists; choose another file")
         atomic_write_text(Path(args.output), lines)
         print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
     else:
@@ -299,6 +299,8 @@ def _check_output_folder(path: str, option: str) -> None:
     folder = Path(path).parent
     if not folder.is_dir():
         raise UserError(f"{option} {path}: folder {folder} does not exist")
+    if Path(path).is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file name")
 
 
 def cmd_models(args) -> int:
