@@ -365,3 +365,36 @@ def test_overwrite_says_what_it_replaces(runs, tmp_path, caplog):
     code = run_main([*TRAIN, "--task", runs["task"], "--steps", "2", "--out", run, "--overwrite"])
     assert code == 0 and f"--overwrite: replacing the run in {run} (status complete" in caplog.text
     assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 2 and claims_complete(run)
+
+
+# ---------------------------------------------------------------- valid inputs that must not be refused
+
+
+def test_predict_output_with_line_separators_reads_back_in_eval(runs, tmp_path, capsys):
+    data = tmp_path / "odd.jsonl"
+    rows = [{"text": "a warm\u2028and funny film", "label": "positive"}, {"text": "a dull\x85film", "label": "negative"}]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    output = tmp_path / "predictions.jsonl"
+    assert run_main(["predict", "--run", runs["base"] / "complete", "--input", data, "--output", output]) == 0
+    assert "\u2028" in output.read_text(encoding="utf-8")  # written raw (ensure_ascii=False)
+    assert run_main(["eval", "--run", runs["base"] / "complete", "--input", output, "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 2
+
+
+def test_a_run_records_its_task_as_an_absolute_path(runs):
+    config = (runs["base"] / "complete" / "config.yaml").read_text()
+    assert f"task: {runs['task']}" in config and runs["task"].is_absolute()
+
+
+def test_an_old_run_with_a_relative_task_resumes_from_another_directory(runs, tmp_path, monkeypatch):
+    """Older versions saved --task as given; it is then looked up from the run folder upwards."""
+    shutil.copytree(runs["task"], tmp_path / "data" / "task")
+    run = tmp_path / "runs" / "old"
+    shutil.copytree(runs["base"] / "interrupted", run)
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace(f"task: {runs['task']}", "task: data/task"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert run_main(["train", "--resume", run, "--quiet"]) == 0
+    assert claims_complete(run)
