@@ -267,9 +267,12 @@ def test_resume_cleans_what_a_kill_left_and_the_finished_folder_holds_only_the_r
     (run / ".checkpoint.partial").mkdir()  # a kill in the middle of writing the next one
     (run / ".metrics.json.0123456789ab").write_text("{")  # a kill in the middle of an atomic write
     (run / "checkpoint" / ".trainer.pt.abcdefabcdef").write_bytes(b"\0")
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"  # the Crash
     resume_run(run, progress=False, backbone=tiny_bert())
     assert sorted(p.name for p in run.iterdir()) == FINISHED_RUN
     assert_same_run(run, straight_head)
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "complete" and "error" not in status  # the earlier attempt's error is gone
 
 
 def test_identical_weights_give_identical_adapter_bytes_in_every_process():

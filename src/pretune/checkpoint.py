@@ -256,8 +256,10 @@ def _recover(folder: Path, repair: bool) -> Path | None:
         if not repair:
             return old if (old / TRAINER).is_file() else None
         os.replace(old, folder)
-    if repair:
+    if repair:  # what a kill left: a write never finished, or the old checkpoint not yet deleted
         shutil.rmtree(folder.with_name(f".{folder.name}.partial"), ignore_errors=True)
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
     return folder if (folder / TRAINER).is_file() else None
 
 

@@ -106,6 +106,8 @@ class RunFolder:
 
     def set_status(self, status: str, **fields) -> None:
         current = self.status_info() if (self.path / STATUS).is_file() else {}
+        if status != "failed":
+            current.pop("error", None)  # an earlier attempt's error is not this run's
         current.update(fields, status=status, pretune=__version__)
         atomic_write_text(self.path / STATUS, json.dumps(current, indent=2) + "\n")
 
