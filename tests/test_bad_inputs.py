@@ -68,6 +68,7 @@ CASES = {
     "negative seed": (["--task", "{task}", "--seed", "-1"], "--seed must be a whole number in"),
     "unknown device": (["--task", "{task}", "--device", "tpu"], "unknown --device 'tpu'"),
     "malformed CUDA device": (["--task", "{task}", "--device", "cuda:x"], "unknown --device 'cuda:x'"),
+    "Apple GPU where there is none": (["--task", "{task}", "--device", "mps"], "--device mps: no Apple GPU"),
     "LoRA rank 0": (["--task", "{task}", "--train", "lora", "--lora-r", "0"], "--lora-r must be a whole number in [1, 4096]"),
     "negative LoRA alpha": (["--task", "{task}", "--train", "lora", "--lora-alpha", "-3"], "--lora-alpha must be"),
     "hidden width 1e10": (["--task", "{task}", "--head", "mlp", "--hidden", "1e10"], "argument --hidden: invalid int value"),

@@ -39,17 +39,19 @@ def assert_consistent(run, task_folder, tmp_path, method="head") -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_two_trainings_started_at_once_on_one_folder(seed, tmp_path, task_folder, capsys):
     run = tmp_path / "run"
-    common = ["--task", task_folder, "--steps", 20, "--seed", seed, "--out", run]
-    first, second = pretune(*TRAIN, *common), pretune(*TRAIN, *common, "--method", "pet")
-    results = [(process.wait(timeout=300), process.stderr.read()) for process in (first, second)]
+    common = ["--task", task_folder, "--steps", 20, "--out", run]
+    seeds = [seed, seed + 100]  # which run won shows in config.yaml
+    processes = [pretune(*TRAIN, *common, "--seed", s) for s in seeds]
+    results = [(process.wait(timeout=300), process.stderr.read()) for process in processes]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
-    winner = "head" if results[0][0] == 0 else "pet"
+    winner = seeds[0] if results[0][0] == 0 else seeds[1]
     _, refusal = next(result for result in results if result[0] == 2)
     assert len(refusal.strip().splitlines()) == 1 and "Traceback" not in refusal
     assert "is in use by another pretune process" in refusal or "already exists" in refusal, refusal
     capsys.readouterr()
-    assert_consistent(run, task_folder, tmp_path, winner)
+    assert f"seed: {winner}\n" in (run / "config.yaml").read_text()
+    assert_consistent(run, task_folder, tmp_path)
 
 
 def _wait_until_writing(process, run) -> None:

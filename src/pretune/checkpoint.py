@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +167,9 @@ def _read_trainer(path: Path) -> dict:
     """trainer.pt, read without running any code in it (weights_only: a pickle that would call a
     function is refused), and of the expected shape."""
     try:
-        saved = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign pickle before refusing it: one line only
+            warnings.simplefilter("ignore")
+            saved = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
     except OSError as error:
         raise UserError(f"{path}: cannot be read ({error.strerror})") from None
     except Exception as error:  # UnpicklingError (a code-running payload), RuntimeError, EOFError ...

@@ -88,6 +88,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device is available on this machine")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: no Apple GPU (MPS) is available on this machine")
     return torch.device(name)
 
 
