@@ -398,3 +398,14 @@ def test_an_old_run_with_a_relative_task_resumes_from_another_directory(runs, tm
     monkeypatch.chdir(elsewhere)
     assert run_main(["train", "--resume", run, "--quiet"]) == 0
     assert claims_complete(run)
+
+
+def test_a_run_of_an_older_version_without_checksums_or_lock_still_predicts(runs, tmp_path):
+    run = tmp_path / "old"
+    shutil.copytree(runs["base"] / "complete", run)
+    status = json.loads((run / "run.json").read_text())
+    del status["sha256"]
+    (run / "run.json").write_text(json.dumps(status))
+    (run / ".lock").unlink()
+    assert run_main(fill(PREDICT, run, runs, tmp_path)) == 0
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 8
