@@ -306,7 +306,15 @@ def test_overwrite_refuses_a_folder_that_is_no_run_and_keeps_its_files(runs, tmp
     (mine / "thesis.tex").write_text("years of work")
     code = run_main([*TRAIN, "--task", runs["task"], "--steps", "1", "--out", mine, "--overwrite"])
     assert_refused(code, capsys.readouterr().err, "not a pretune run folder (no run.json)")
-    assert (mine / "thesis.tex").read_text() == "years of work"
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"] and (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_bad_input_after_the_folder_was_made_keeps_the_user_s_empty_folder(runs, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    code = run_main([*TRAIN, "--task", runs["task"], "--steps", "1", "--model", "no-such-model", "--out", mine])
+    assert_refused(code, capsys.readouterr().err, "unknown model 'no-such-model'")
+    assert mine.is_dir() and list(mine.iterdir()) == []
 
 
 def test_overwrite_never_follows_a_symbolic_link(runs, tmp_path, capsys):

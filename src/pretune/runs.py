@@ -55,6 +55,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike, lock: FolderLock | None = None):
         self.path = Path(path)
         self.lock = lock  # held while this process writes the folder
+        self.made = False  # this process made the folder (so a bad input removes it, not just its contents)
 
     # -- creation -----------------------------------------------------------------------
     @classmethod
@@ -66,15 +67,20 @@ class RunFolder:
             raise UserError(f"--out {path}: is a symbolic link; --overwrite replaces only a run folder itself")
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path}: exists and is not a folder")
+        made = not path.exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"--out {path}: cannot create the run folder ({error.strerror})") from None
+        had_lock = (path / LOCK).exists()
         run = cls(path, lock_for_writing(path))  # before looking inside: another writer is refused here
+        run.made = made
         try:
             run._empty(overwrite)
             run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
         except BaseException:
+            if not had_lock:  # a refused folder (the user's own) keeps no trace of pretune
+                (path / LOCK).unlink(missing_ok=True)
             run.release()
             raise
         return run
@@ -93,11 +99,17 @@ class RunFolder:
         info = self.status_info()
         log.warning("--overwrite: replacing the run in %s (status %s, started %s)",
                     self.path, info.get("status", "unknown"), info.get("started", "unknown"))
-        for entry in contents:
+        self.empty_out()
+
+    def empty_out(self) -> None:
+        """Delete what the folder holds (not the folder, not its lock); a link is removed, never followed."""
+        for entry in self.path.iterdir():
+            if entry.name == LOCK:
+                continue
             if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
+                shutil.rmtree(entry, ignore_errors=True)
             else:
-                entry.unlink()  # a link is removed, never followed
+                entry.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self.lock is not None:
@@ -230,7 +242,11 @@ def guarded(run: RunFolder, created_here: bool = True):
         yield run
     except UserError as error:
         if created_here and not _has_checkpoint(run):
-            shutil.rmtree(run.path, ignore_errors=True)
+            if run.made:
+                shutil.rmtree(run.path, ignore_errors=True)
+            else:  # the user's own (empty) folder stays
+                run.empty_out()
+                (run.path / LOCK).unlink(missing_ok=True)
         else:
             run.set_status("failed", error=str(error))
         raise
