@@ -77,7 +77,7 @@ CASES = {
     "max length 0": (["--task", "{task}", "--max-length", "0"], "--max-length must be"),
     "negative max grad norm": (["--task", "{task}", "--max-grad-norm", "-1"], "--max-grad-norm must be a number in [0,"),
     "NaN max grad norm": (["--task", "{task}", "--max-grad-norm", "nan"], "--max-grad-norm must be a finite number"),
-    "negative weight decay": (["--task", "{task}", "--weight-decay", "-0.1"], "--weight-decay must be a number in [0, 10]"),
+    "negative weight decay": (["--task", "{task}", "--weight-decay", "-0.1"], "--weight-decay must be"),
     "infinite weight decay": (["--task", "{task}", "--weight-decay", "inf"], "--weight-decay must be a finite number"),
     "dropout of 1": (["--task", "{task}", "--dropout", "1.0"], "--dropout must be a number in [0, 1)"),
     "NaN dropout": (["--task", "{task}", "--dropout", "nan"], "--dropout must be a finite number"),
