@@ -129,7 +129,7 @@ CASES = {
         "word '\u2603' of label 'positive' is not in the model's vocabulary",
     ),
     # models and methods
-    "model that does not exist": (["--task", "{task}", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+    "model that does not exist": (["--task", "{task}", "--model", "no-such-model"], "cannot load model 'no-such-model'"),
     "PET on an encoder without an LM head": (
         ["--task", "{task}", "--model", "minilm-l6", "--method", "pet"], "has no language-model head",
     ),
@@ -298,7 +298,7 @@ def test_an_internal_error_is_one_line_naming_the_log_with_the_traceback(tmp_pat
 
 
 def test_an_internal_error_in_training_goes_to_the_run_folder_log(tmp_path, task_folder, capsys, monkeypatch):
-    from pretune.train import Trainer
+    from pretune.training.trainer import Trainer
 
     def broken(self, *args, **kwargs):
         raise ZeroDivisionError("division by zero in the trainer")

@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from pretune.checkpoint import Checkpointer
 from pretune.locks import lock_for_writing
+from pretune.training.checkpoint import Checkpointer
 from refusals import assert_refused, claims_complete, run_main
 
 TRAIN = ["train", "--model", "bert-tiny", "--quiet"]

@@ -26,8 +26,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from .errors import UserError
-from .validation import MAX_SOFT_TOKENS
+from ..errors import UserError
+from ..validation import MAX_SOFT_TOKENS
 
 FIELDS = ("text", "text_pair")
 LEADING_SPACE = " \t"  # the whitespace that moves from a literal onto the field or mask after it
