@@ -210,9 +210,6 @@ class Trainer:
         groups = optimizer_groups(self.method, self.config)
         if not groups:
             raise UserError(f"method '{self.method.name}' has no trainable parameters with this configuration")
-        for group in groups:  # --weight-decay sets every group that decays (biases and norms never do)
-            if group.get("weight_decay", 0.0) > 0:
-                group["weight_decay"] = self.config.weight_decay
         return torch.optim.AdamW(groups)
 
     def _total_steps(self, n_train: int) -> int:
