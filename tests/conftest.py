@@ -41,7 +41,10 @@ def task() -> Task:
 @pytest.fixture
 def task_folder(tmp_path) -> Path:
     """A task folder in the shared layout, written from the in-memory examples."""
-    folder = tmp_path / "task"
+    return write_task_folder(tmp_path / "task")
+
+
+def write_task_folder(folder: Path) -> Path:
     folder.mkdir()
     data = sentiment_task()
     for split in ("train", "dev", "test"):

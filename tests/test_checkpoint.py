@@ -4,6 +4,7 @@ never stopped; checkpoints are replaced atomically; a diverging run keeps its la
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from conftest import _tiny, sentiment_task
 from pretune.api import RunConfig, resume_run, train_run
 from pretune.errors import UserError
 from pretune.runs import atomic_write_text, load_weights
+from pretune.storage import weights_bytes
 from pretune.training import checkpoint as checkpoint_module
 from pretune.training.checkpoint import Checkpointer, checkpoint_step
 from pretune.training.trainer import TrainConfig
@@ -248,6 +250,47 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_pa
     assert resumed.returncode == 0, errors
     print(f"killed at step {kill_at} or just after")  # shown when the comparison fails
     assert_same_run(tmp_path / "victim", tmp_path / "straight")
+    # No leftovers of the kill (.checkpoint.old, .checkpoint.partial, temporary files), and the same
+    # adapter bytes as the run that never stopped (another process: safetensors' metadata order varies).
+    assert sorted(p.name for p in (tmp_path / "victim").iterdir()) == FINISHED_RUN
+    assert sorted(p.name for p in (tmp_path / "straight").iterdir()) == FINISHED_RUN
+    adapter = "adapter.safetensors"
+    assert (tmp_path / "victim" / adapter).read_bytes() == (tmp_path / "straight" / adapter).read_bytes()
+
+
+FINISHED_RUN = sorted([".lock", "adapter.safetensors", "config.yaml", "metrics.json", "predictions.jsonl", "run.json", "train.log"])
+
+
+def test_resume_cleans_what_a_kill_left_and_the_finished_folder_holds_only_the_run(tmp_path, monkeypatch, straight_head):
+    crash_after(monkeypatch, phase=0, step=3)
+    with pytest.raises(Crash):
+        train_run(tiny_config(tmp_path), tmp_path / "run", progress=False, backbone=tiny_bert())
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    shutil.copytree(run / "checkpoint", run / ".checkpoint.old")  # a kill after the new checkpoint was in place
+    (run / ".checkpoint.partial").mkdir()  # a kill in the middle of writing the next one
+    (run / ".metrics.json.0123456789ab").write_text("{")  # a kill in the middle of an atomic write
+    (run / "checkpoint" / ".trainer.pt.abcdefabcdef").write_bytes(b"\0")
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"  # the Crash
+    resume_run(run, progress=False, backbone=tiny_bert())
+    assert sorted(p.name for p in run.iterdir()) == FINISHED_RUN
+    assert_same_run(run, straight_head)
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "complete" and "error" not in status  # the earlier attempt's error is gone
+
+
+def test_identical_weights_give_identical_adapter_bytes_in_every_process():
+    """safetensors writes its metadata from a hash map (another order in each process); pretune
+    writes a canonical header, so the same weights are the same bytes."""
+    script = (
+        "import hashlib, torch\nfrom pretune.storage import weights_bytes\n"
+        "state = {'head.1.weight': torch.arange(6.).view(2, 3), 'head.1.bias': torch.ones(2), 'b': torch.zeros(1)}\n"
+        "print(hashlib.sha256(weights_bytes(state)).hexdigest())\n"
+    )
+    digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+               for _ in range(2)}
+    header = weights_bytes({"b": torch.zeros(1), "a": torch.ones(2)})[8:].split(b"}}")[0] + b"}}"
+    assert len(digests) == 1 and header.startswith(b'{"__metadata__":{"format":"pt","pretune":')  # sorted keys
 
 
 def test_atomically_written_files_get_the_mode_the_umask_gives(tmp_path):

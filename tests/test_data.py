@@ -125,3 +125,31 @@ def test_k_shot_is_balanced_seeded_and_dev_disjoint():
     assert not {e.text for e in task.train} & {e.text for e in task.dev}
     with pytest.raises(UserError, match="only 20 examples of label 'a'"):
         sample_k_shot(examples, 21, seed=1)
+
+
+def test_jsonl_lines_end_at_newline_only(tmp_path):
+    """U+2028 and U+0085 are legal inside a JSON string (str.splitlines would split there); a CRLF
+    line ending is still one line end."""
+    texts = ["first\u2028second", "next\x85line", "carriage\rreturn"]
+    lines = [json.dumps({"text": t, "label": "pos"}, ensure_ascii=False) for t in texts]
+    path = write(tmp_path / "a.jsonl", "\r\n".join(lines) + "\r\n")
+    examples = read_examples(path)
+    assert [e.text for e in examples] == texts
+    assert [e.source.rsplit(":", 1)[1] for e in examples] == ["1", "2", "3"]
+
+
+def test_json_class_ids_stay_names_and_an_empty_label_to_predict_on_is_no_label(tmp_path):
+    ids = write(tmp_path / "ids.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
+    assert [e.label for e in read_examples(ids)] == ["0", "1"]
+    blank = write(tmp_path / "blank.csv", "text,label\nsome text,\n")
+    assert read_examples(blank, require_label=False)[0].label is None
+    with pytest.raises(UserError, match="blank.csv:2: label is empty"):
+        read_examples(blank)
+
+
+def test_task_json_labels_may_be_class_ids_and_extra_keys_are_the_data_s_own(tmp_path):
+    folder = tmp_path / "task"
+    folder.mkdir()
+    write(folder / "train.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
+    write(folder / "task.json", json.dumps({"labels": [0, 1], "sizes": {"train": 2}, "source": [[{"x": 1}]]}))
+    assert load_task(str(folder)).labels == ["0", "1"]

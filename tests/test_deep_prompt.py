@@ -109,7 +109,7 @@ def test_the_prefix_takes_positions_from_the_input(tiny_mlm, task):
 def test_refusals(tiny_causal, task):
     with pytest.raises(UserError, match="soft tokens need --method ptuning"):
         make(tiny_causal, task, patterns=["[P*2]{text} It was {mask}."])
-    with pytest.raises(UserError, match="--prompt-length must be at least 1"):
+    with pytest.raises(UserError, match=r"--prompt-length must be a whole number in \[1, 4096\]"):
         make(tiny_causal, task, prompt_length=0)
     with pytest.raises(UserError, match="--method deep-prompt trains one template"):
         make(tiny_causal, task, patterns=[PATTERN, PATTERN])

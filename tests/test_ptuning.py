@@ -201,7 +201,7 @@ def test_prompt_tuning_is_ptuning_without_an_encoder(tiny_causal, task):
         ({"readout": "cls"}, "unknown --readout 'cls'"),
         ({"readout": "head", "calibrate": True}, "does not apply to --readout head"),
         ({"aux_lm_weight": 1e-4}, "method 'ptuning' has no option aux_lm_weight"),  # PET's auxiliary loss
-        ({"prompt_length": 0}, "--prompt-length must be at least 1"),
+        ({"prompt_length": 0}, "--prompt-length must be a whole number in [1, 4096]"),
         ({"patterns": ["[P:\u2603] {text} It was {mask}."]}, "no token for '\u2603'"),
     ],
 )

@@ -23,7 +23,7 @@ from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .data import Columns, Example, Task, few_shot_task, load_task
 from .errors import UserError
 from .methods import Method, build_methods, make_config, method_spec
-from .runs import RunFolder, guarded, open_completed, open_resumable
+from .runs import WEIGHTS, RunFolder, guarded, open_completed, open_resumable
 from .training import recipes
 from .training.checkpoint import Checkpointer
 from .training.distributed import processes
@@ -31,6 +31,7 @@ from .training.evaluation import evaluate
 from .training.recipes import PatternEnsemble
 from .training.trainer import TrainConfig, Trainer, resolve_device, set_seed
 from .tuning import BodyTraining
+from .validation import check_fields, check_numbers
 
 log = logging.getLogger("pretune")
 
@@ -78,6 +79,8 @@ class RunResult:
 
 def prepare_task(config: RunConfig) -> Task:
     """Read and check the data (before any model loads); apply K-shot sampling if asked."""
+    check_numbers({name: getattr(config, name) for name in ("lora_r", "lora_alpha", "split_seed", "shots")})
+    config.training.validate()
     columns = Columns(config.text_field, config.pair_field, config.label_field)
     task = load_task(config.task, split_seed=config.split_seed, columns=columns)
     if config.shots is not None:
@@ -136,17 +139,23 @@ def resume_run(
     """Continue an interrupted run (killed, crashed, stopped) from its newest checkpoint, with the
     configuration of its config.yaml; the result equals that of an uninterrupted run (on CPU).
     A run that stopped before its first checkpoint starts again from the beginning."""
-    run = open_resumable(folder)
-    config = config_from_dict(run.read_config())
-    if device is not None:
-        config.training.device = device
-    task = prepare_task(config)
-    validate(config, task)
     group = processes()
-    checkpoints = Checkpointer(run.path, config.training.checkpoint_every, write=group.is_main)
-    group.on_main(checkpoints.load)  # rank 0 first: it repairs a checkpoint a kill left half-replaced
-    if not group.is_main:
-        checkpoints.load()
+    run = open_resumable(folder, lock=group.is_main)  # one writer: a second one is refused here
+    try:
+        config = config_from_dict(run.read_config(), run.path)
+        if device is not None:
+            config.training.device = device
+        task = prepare_task(config)
+        validate(config, task)
+        checkpoints = Checkpointer(run.path, config.training.checkpoint_every, write=group.is_main)
+        group.on_main(checkpoints.load)  # rank 0 first: it repairs a checkpoint a kill left half-replaced
+        if not group.is_main:
+            checkpoints.load()
+        if group.is_main:
+            run.remove_leftovers(finished=False)  # temporary files of the writes the kill interrupted
+    except BaseException:
+        run.release()
+        raise
     run = run if group.is_main else None
     if run is not None:
         run.set_status("running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -183,6 +192,7 @@ def _train_and_evaluate(config, task, run, progress, backbone, checkpoints=None)
                 run.write_metrics(metrics)
                 run.complete()
                 checkpoints.remove()  # the adapter holds the result now
+                run.remove_leftovers(finished=True)
         metrics = group.broadcast(metrics)
         return RunResult(run.path if run else None, metrics, method)
     finally:
@@ -235,6 +245,10 @@ def _sizes(method: Tuned) -> dict:
 
 def _saved_config(config: RunConfig, task: Task) -> dict:
     data = config.to_dict()
+    # Absolute paths: the run resumes from any directory.
+    data["task"] = _absolute_if_path(config.task)
+    if data["method_options"].get("unlabelled"):
+        data["method_options"]["unlabelled"] = _absolute_if_path(data["method_options"]["unlabelled"])
     data["task_info"] = {"name": task.name, "labels": task.labels, "metric": task.metric}
     data["pretune_version"] = __version__
     return data
@@ -284,24 +298,73 @@ class Predictor:
 
 
 def load_run(folder: str | Path, device: str = "auto") -> Predictor:
-    """Rebuild a completed run's method from its config.yaml and adapter weights."""
-    run = open_completed(folder)
-    saved = run.read_config()
-    config = config_from_dict(saved)
-    info = saved["task_info"]
-    task = Task(name=info["name"], labels=info["labels"], metric=info["metric"])
+    """Rebuild a completed run's method from its config.yaml and adapter weights, both checked
+    against the checksums the run recorded. The model is the one config.yaml names: predict
+    trusts a run folder as much as the model it points to."""
+    with open_completed(folder) as run:
+        saved = run.read_config()
+        config = config_from_dict(saved, run.path)
+        task = _saved_task(saved.get("task_info"), run.path / "config.yaml")
+        state = run.load_weights()
     method = build_method(config, task)
-    method.load_trainable_state_dict(run.load_weights())
+    _load_adapter(method, state, run.path / WEIGHTS)
     method.to(resolve_device(device)).eval()
     return Predictor(method, config, run.path)
 
 
-def config_from_dict(data: dict) -> RunConfig:
+def _load_adapter(method: Method, state: dict, path: Path) -> None:
+    """The weights must be exactly the method's trainable ones: none missing, none unknown, same shapes."""
+    try:
+        method.load_trainable_state_dict(state)
+    except UserError as error:
+        raise UserError(f"{path}: {error} (written for another method or configuration?)") from None
+    missing = sorted(set(method.trainable_state_dict()) - set(state))
+    if missing:
+        raise UserError(f"{path}: no weights for {len(missing)} parameters, e.g. {missing[0]} (an incomplete adapter?)")
+
+
+def _saved_task(info, where: Path) -> Task:
+    if not isinstance(info, dict) or not isinstance(info.get("name"), str) or not isinstance(info.get("metric"), str):
+        raise UserError(f"{where}: task_info must hold the task's name, labels and metric")
+    labels = info.get("labels")
+    if labels is not None and (
+        not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise UserError(f"{where}: task_info labels must be two or more distinct names (or null for regression)")
+    return Task(name=info["name"], labels=labels, metric=info["metric"])
+
+
+def config_from_dict(data: dict, folder: Path | None = None) -> RunConfig:
+    """A RunConfig from a config.yaml's mapping, every key and type checked; a relative task path
+    (older run folders) is looked up from the working directory, then from the run folder up."""
+    where = f"{folder / 'config.yaml'}" if folder is not None else "run configuration"
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping of options, got {type(data).__name__}")
     data = dict(data)
     data.pop("task_info", None)
     data.pop("pretune_version", None)
-    training = TrainConfig(**data.pop("training", {}))
-    return RunConfig(training=training, **data)
+    training = data.pop("training", {})
+    check_fields(RunConfig, data, where)
+    check_fields(TrainConfig, training, f"{where} (training)")
+    if "task" not in data:
+        raise UserError(f"{where}: no task")
+    if folder is not None:
+        data["task"] = _found_from(data["task"], Path(folder))
+    return RunConfig(training=TrainConfig(**training), **data)
+
+
+def _absolute_if_path(spec: str) -> str:
+    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+
+
+def _found_from(spec: str, folder: Path) -> str:
+    if Path(spec).is_absolute() or Path(spec).exists():
+        return spec
+    for base in [folder, *folder.resolve().parents]:
+        if (base / spec).exists():
+            return str(base / spec)
+    return spec  # a benchmark task name, or gone: load_task says which
 
 
 # ---------------------------------------------------------------- logging to the run folder

@@ -1,6 +1,7 @@
 """The `pretune` command: train | eval | predict | models | demo | bench.
 
-Every mistake the user can fix ends as one line on stderr and exit code 2, never a traceback.
+Every mistake the user can fix ends as one line on stderr and exit code 2, never a traceback; an
+error of pretune's own ends as one line naming the log that holds the traceback, and exit code 1.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from .bench.command import add_bench_parser, cmd_bench
 from .console import quiet_libraries
-from .errors import UserError
+from .errors import UserError, answer
 
 # Method options: (flag, config field, type, help). Only the options a user gives reach the
 # method's config, and a method refuses options it does not have. Type `list`: the flag may be
@@ -237,6 +238,8 @@ def cmd_eval(args) -> int:
         from .api import evaluate_untrained
 
         metrics = evaluate_untrained(run_config_from_args(args), progress=not args.quiet)
+    if args.json_out:
+        _check_output_folder(args.json_out, "--json")
     print(json.dumps(metrics, indent=2))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -261,6 +264,10 @@ def cmd_predict(args) -> int:
     from .api import load_run
     from .data import Columns, read_examples
 
+    if args.output:
+        _check_output_folder(args.output, "--output")
+        if Path(args.output).exists():
+            raise UserError(f"--output {args.output} already exists; choose another file")
     predictor = load_run(args.run)
     columns = Columns(args.text_field, args.pair_field, args.label_field)
     examples = read_examples(args.input, columns, require_label=False)
@@ -269,13 +276,19 @@ def cmd_predict(args) -> int:
     if args.output:
         from .runs import atomic_write_text
 
-        if Path(args.output).exists():
-            raise UserError(f"--output {args.output} already exists; choose another file")
         atomic_write_text(Path(args.output), lines)
         print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(lines)
     return 0
+
+
+def _check_output_folder(path: str, option: str) -> None:
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise UserError(f"{option} {path}: folder {folder} does not exist")
+    if Path(path).is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file name")
 
 
 def cmd_models(args) -> int:
@@ -320,14 +333,13 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
-    try:
-        return COMMANDS[args.command](args)
-    except UserError as error:
-        print(f"pretune: error: {error}", file=sys.stderr)
-        return UserError.exit_code
-    except KeyboardInterrupt:
-        print("pretune: interrupted", file=sys.stderr)
-        return 130
+    return answer(lambda: COMMANDS[args.command](args), args.command, _run_folder(args))
+
+
+def _run_folder(args) -> Path | None:
+    """The run folder a command writes (whose log gets an internal error's traceback)."""
+    folder = (args.resume or args.out) if args.command == "train" else None
+    return Path(folder) if folder else None
 
 
 if __name__ == "__main__":

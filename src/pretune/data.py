@@ -1,51 +1,25 @@
-"""Examples, readers (JSONL, CSV, TSV), label sets, task folders and k-shot sampling.
+"""Tasks: label sets, task folders (task.json + splits, or K-<seed>/ split folders), benchmark
+task names, and k-shot sampling. The files themselves are read by `readers`.
 
 Every problem in a user's file is reported as one line naming the file, the line and what is wrong.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .readers import Columns, Example, read_examples, read_text
+
+__all__ = ["Columns", "Example", "Task", "read_examples", "load_task", "check_labels", "infer_labels"]
 
 METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson")
 # Other names task files use for the same metrics (GLUE's, scikit-learn's).
 METRIC_ALIASES = {"matthews_correlation": "mcc", "matthews": "mcc", "acc": "accuracy", "pearsonr": "pearson"}
-
-
-@dataclass(frozen=True)
-class Example:
-    """One input: a text, an optional second text (pair tasks) and a label (name, float, or None)."""
-
-    text: str
-    text_pair: str | None = None
-    label: str | float | None = None
-    source: str = field(default="", compare=False)  # "file:line", for error messages
-
-    def field(self, name: str) -> str | None:
-        """The value of a text field by its pattern name (`text` or `text_pair`)."""
-        if name == "text":
-            return self.text
-        if name == "text_pair":
-            return self.text_pair
-        raise KeyError(name)
-
-
-@dataclass(frozen=True)
-class Columns:
-    """Which columns of a user's file hold the text, the second text and the label."""
-
-    text: str = "text"
-    pair: str | None = "text_pair"
-    label: str = "label"
 
 
 @dataclass
@@ -81,104 +55,6 @@ class Task:
             return [float(e.label) for e in examples]
         index = {label: i for i, label in enumerate(self.labels)}
         return [index[e.label] for e in examples]
-
-
-# ---------------------------------------------------------------- readers
-
-
-def read_examples(path: str | os.PathLike, columns: Columns = Columns(), require_label: bool = True) -> list[Example]:
-    """Read a .jsonl, .csv or .tsv file into examples; one clear line on the first bad row."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}")
-    text = _read_text(path)
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        rows = _jsonl_rows(path, text)
-    elif suffix in (".csv", ".tsv"):
-        rows = _delimited_rows(path, text, "\t" if suffix == ".tsv" else ",")
-    else:
-        raise UserError(f"{path}: unsupported data format '{suffix}' (use .jsonl, .csv or .tsv)")
-    examples = [_example(row, where, columns, require_label) for where, row in rows]
-    if not examples:
-        raise UserError(f"{path}: no examples in file")
-    return examples
-
-
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not valid UTF-8 (byte {error.start})") from None
-
-
-def _jsonl_rows(path: Path, text: str):
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path}:{number}: malformed JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        yield f"{path}:{number}", row
-
-
-# csv refuses fields over 128 KiB by default; a long text is the model's to truncate, not an error.
-LONGEST_FIELD = 2**31 - 1
-
-
-def _delimited_rows(path: Path, text: str, delimiter: str):
-    csv.field_size_limit(max(csv.field_size_limit(), LONGEST_FIELD))
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    rows = _csv_rows(path, reader)
-    try:
-        header = next(rows)
-    except StopIteration:
-        return
-    header = [h.strip() for h in header]
-    for row in rows:
-        number = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise UserError(f"{path}:{number}: expected {len(header)} columns ({', '.join(header)}), found {len(row)}")
-        yield f"{path}:{number}", dict(zip(header, row))
-
-
-def _csv_rows(path: Path, reader):
-    """The reader's rows; its own errors (a NUL byte before Python 3.11) named by file and line."""
-    while True:
-        try:
-            yield next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            raise UserError(f"{path}:{reader.line_num}: unreadable row ({error})") from None
-
-
-def _example(row: dict, where: str, columns: Columns, require_label: bool) -> Example:
-    text = row.get(columns.text)
-    if text is None:
-        raise UserError(f"{where}: missing column '{columns.text}' (columns: {', '.join(map(str, row))})")
-    if not isinstance(text, str):
-        raise UserError(f"{where}: column '{columns.text}' must be text, got {type(text).__name__}")
-    pair = row.get(columns.pair) if columns.pair else None
-    if pair is not None and not isinstance(pair, str):
-        raise UserError(f"{where}: column '{columns.pair}' must be text, got {type(pair).__name__}")
-    label = row.get(columns.label)
-    if label is None and require_label:
-        raise UserError(f"{where}: missing column '{columns.label}' (columns: {', '.join(map(str, row))})")
-    if isinstance(label, bool) or (label is not None and not isinstance(label, (str, int, float))):
-        raise UserError(f"{where}: label must be a name or a number, got {json.dumps(label)}")
-    if isinstance(label, int):
-        label = str(label)  # integer class ids are names ("0", "1"); floats are regression targets
-    if isinstance(label, float) and not math.isfinite(label):
-        raise UserError(f"{where}: label is not a finite number")
-    return Example(text=text, text_pair=pair or None, label=label, source=where)
 
 
 # ---------------------------------------------------------------- labels
@@ -227,7 +103,7 @@ def _as_regression(examples: list[Example]) -> list[Example]:
 def load_task(
     spec: str,
     split_seed: int | None = None,
-    columns: Columns = Columns(),
+    columns: Columns = Columns(),  # noqa: B008 (frozen dataclass)
     labels: list[str] | None = None,
 ) -> Task:
     """A task from a folder (task.json + train/dev/test files, or K-<seed>/ split folders),
@@ -238,7 +114,7 @@ def load_task(
         if found is None:
             raise UserError(f"task not found: {spec} (not a file, a folder, or a task in {data_root() or '../shared/data'})")
         path = found
-    if path.is_file():
+    if not path.is_dir():  # a data file; or a FIFO, device ..., which read_examples refuses
         train = read_examples(path, columns)
         return _finish_task(path.stem, labels, "accuracy", train, [], [], str(path))
     return _task_from_folder(path, split_seed, columns, labels)
@@ -267,13 +143,44 @@ def _task_from_folder(folder: Path, split_seed: int | None, columns: Columns, la
 
 
 def _task_meta(folder: Path) -> dict:
+    """task.json, checked: an object whose `task` and `metric` are names and whose `labels` are
+    distinct names (or null: regression). Other keys (sizes, sources) are the data's own."""
     meta_path = folder / "task.json"
-    if not meta_path.is_file():
+    if not os.path.lexists(meta_path):
         return {}
+    text = read_text(meta_path, "task.json")
     try:
-        return json.loads(_read_text(meta_path))
+        meta = json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"{meta_path}:{error.lineno}: malformed JSON ({error.msg})") from None
+    except (ValueError, RecursionError):
+        raise UserError(f"{meta_path}: unreadable JSON (a number too long or nesting too deep)") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    for key in ("task", "metric"):
+        if key in meta and not isinstance(meta[key], str):
+            raise UserError(f"{meta_path}: '{key}' must be a name, got {json.dumps(meta[key])[:40]}")
+    if "labels" in meta:
+        meta["labels"] = _meta_labels(meta["labels"], meta_path)
+    return meta
+
+
+def _meta_labels(labels, where: Path) -> list[str] | None:
+    if labels is None:
+        return None
+    if not isinstance(labels, list):
+        raise UserError(f"{where}: 'labels' must be a list of names (or null for regression), got {json.dumps(labels)[:40]}")
+    names = []
+    for label in labels:
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise UserError(f"{where}: label {json.dumps(label)[:40]} is not a name")
+        name = str(label)
+        if not name.strip() or name != name.strip():
+            raise UserError(f"{where}: label {json.dumps(name)} is empty or has spaces around it")
+        if name in names:
+            raise UserError(f"{where}: label '{name}' is listed twice")
+        names.append(name)
+    return names
 
 
 def _split_folder(folder: Path, split_seed: int | None) -> Path:
@@ -295,7 +202,7 @@ def _split_folder(folder: Path, split_seed: int | None) -> Path:
 def _split(folder: Path, name: str, columns: Columns) -> list[Example]:
     for suffix in (".jsonl", ".csv", ".tsv"):
         path = folder / f"{name}{suffix}"
-        if path.is_file():
+        if os.path.lexists(path):  # there, even as a link to nothing: readable, or an error
             return read_examples(path, columns)
     return []
 

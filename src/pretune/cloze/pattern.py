@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from ..errors import UserError
+from ..validation import MAX_SOFT_TOKENS
 
 FIELDS = ("text", "text_pair")
 LEADING_SPACE = " \t"  # the whitespace that moves from a literal onto the field or mask after it
@@ -154,6 +155,8 @@ def _segment(match: re.Match, source: str) -> Segment:
     count = int(match.group("count") or 1)
     if count < 1:
         raise UserError(f"pattern '{source}': [P*{count}] needs at least one soft token")
+    if count > MAX_SOFT_TOKENS:
+        raise UserError(f"pattern '{source}': [P*{count}] asks for more than {MAX_SOFT_TOKENS} soft tokens")
     return Soft(count)
 
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import Backbone
 from ..data import Example, Task
+from ..errors import UserError
 from ..tuning import BodyTraining, apply_body_training
 
 # Parameter roles: the method's own new parameters train at `--lr`, the body's at `--body-lr`;
@@ -120,7 +121,10 @@ class Method(nn.Module):
         own = dict(self.named_parameters())
         unknown = sorted(set(state) - set(own))
         if unknown:
-            raise KeyError(f"weights for parameters this method does not have: {unknown[:3]}")
+            raise UserError(f"weights for parameters this method does not have: {', '.join(unknown[:3])}")
+        for name, tensor in state.items():
+            if tuple(tensor.shape) != tuple(own[name].shape):
+                raise UserError(f"weights {name} have shape {list(tensor.shape)}, the method's {list(own[name].shape)}")
         with torch.no_grad():
             for name, tensor in state.items():
                 own[name].copy_(tensor.to(own[name].dtype))

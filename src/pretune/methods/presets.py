@@ -13,13 +13,14 @@ it. A new method is one more entry here, or (a new kind of part) one module in `
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from ..backbones import Backbone
 from ..cloze.lm import language_model
 from ..data import Task
 from ..errors import UserError
 from ..tuning import BodyTraining
+from ..validation import check_fields, check_numbers
 from .base import Method, MethodConfig
 from .cloze import ClozeConfig, ClozeMethod, run_prompts
 from .head import HeadConfig, HeadMethod
@@ -48,7 +49,9 @@ class MethodSpec:
         if unknown:
             raise UserError(f"method '{self.name}' has no option {', '.join(unknown)} "
                             f"(its options: {', '.join(sorted(self.options))})")
+        check_fields(self.config_class, options, f"method '{self.name}'")
         config = self.config_class(**{**self.fixed, **options})
+        check_numbers(asdict(config))
         config.validate(task)
         return config
 

@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..runs import CHECKPOINT, atomic_write_bytes, load_weights, save_weights
+from ..runs import CHECKPOINT
+from ..storage import atomic_write_bytes, check_sha256, load_weights, save_weights, sha256_file
 
 STATE, TRAINER = "state.safetensors", "trainer.pt"
 # Without --checkpoint-every, a checkpoint at the first evaluation this long after the last one:
@@ -36,6 +38,8 @@ STATE, TRAINER = "state.safetensors", "trainer.pt"
 DEFAULT_INTERVAL_SECONDS = 600
 CURRENT, BEST = "current.", "best."
 FORMAT = 1
+# What trainer.pt must hold; anything else (another program's file, a damaged one) is refused.
+TRAINER_KEYS = {"format", "phase", "step", "finished", "config", "loop", "optimizer", "scheduler", "rng", "sha256"}
 
 
 @dataclass
@@ -73,20 +77,21 @@ class Checkpointer:
         if folder is None:
             return False
         self.source = folder
+        saved = _read_trainer(folder / TRAINER)
         try:
-            saved = torch.load(io.BytesIO((folder / TRAINER).read_bytes()), weights_only=True)
-        except (OSError, RuntimeError, EOFError) as error:
-            raise UserError(f"{folder / TRAINER}: unreadable checkpoint ({error})") from None
-        if saved.get("format") != FORMAT:
-            raise UserError(f"{folder / TRAINER}: checkpoint format {saved.get('format')} is not {FORMAT}")
-        self.finished = json.loads(saved["finished"])
-        self.config = json.loads(saved["config"])
+            self.finished = json.loads(saved["finished"])
+            self.config = json.loads(saved["config"])
+            loop = None if saved["loop"] is None else json.loads(saved["loop"])
+        except (TypeError, ValueError) as error:
+            raise UserError(f"{folder / TRAINER}: damaged checkpoint ({error})") from None
         self.step = saved["step"]
-        if saved["loop"] is not None:
+        for name, digest in saved["sha256"].items():  # a weights file that is not the one written is refused
+            check_sha256(folder / name, digest)
+        if loop is not None:
             state = load_weights(folder / STATE)
             best = _with_prefix(state, BEST)
             self.pending = Snapshot(
-                phase=saved["phase"], loop=json.loads(saved["loop"]), weights=_with_prefix(state, CURRENT),
+                phase=saved["phase"], loop=loop, weights=_with_prefix(state, CURRENT),
                 best=best or None, optimizer=saved["optimizer"], scheduler=saved["scheduler"], rng=saved["rng"],
             )
         return True
@@ -151,6 +156,7 @@ class Checkpointer:
             name = _phase_file(index)
             if not (partial / name).exists():
                 _link_or_copy(self.folder / name, partial / name)
+        trainer["sha256"] = {entry.name: sha256_file(entry) for entry in sorted(partial.glob("*.safetensors"))}
         buffer = io.BytesIO()
         torch.save(trainer, buffer)
         atomic_write_bytes(partial / TRAINER, buffer.getvalue())
@@ -158,14 +164,35 @@ class Checkpointer:
         self._last_saved = time.monotonic()
 
 
+def _read_trainer(path: Path) -> dict:
+    """trainer.pt, read without running any code in it (weights_only: a pickle that would call a
+    function is refused), and of the expected shape."""
+    try:
+        with warnings.catch_warnings():  # torch warns about a foreign pickle before refusing it: one line only
+            warnings.simplefilter("ignore")
+            saved = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+    except OSError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror})") from None
+    except Exception as error:  # UnpicklingError (a code-running payload), RuntimeError, EOFError ...
+        reason = " ".join(str(error).split())[:100]
+        raise UserError(f"{path}: unreadable or unsafe checkpoint ({type(error).__name__}: {reason})") from None
+    if not isinstance(saved, dict) or set(saved) != TRAINER_KEYS:
+        raise UserError(f"{path}: not a pretune checkpoint of this version")
+    if saved["format"] != FORMAT:
+        raise UserError(f"{path}: checkpoint format {saved['format']} is not {FORMAT}")
+    if not isinstance(saved["sha256"], dict) or not isinstance(saved["step"], int):
+        raise UserError(f"{path}: damaged checkpoint")
+    return saved
+
+
 def checkpoint_step(run_folder: str | os.PathLike) -> int | None:
     """The step of a run folder's newest checkpoint; None when it has none (or while it is being
     replaced). Safe to call while the run writes."""
     try:
         saved = torch.load(io.BytesIO((Path(run_folder) / CHECKPOINT / TRAINER).read_bytes()), weights_only=True)
-    except (OSError, RuntimeError, EOFError):
+    except Exception:  # noqa: BLE001 (being replaced, or damaged: no step to report)
         return None
-    return saved["step"]
+    return saved.get("step") if isinstance(saved, dict) else None
 
 
 # ---------------------------------------------------------------- random number generators
@@ -233,8 +260,10 @@ def _recover(folder: Path, repair: bool) -> Path | None:
         if not repair:
             return old if (old / TRAINER).is_file() else None
         os.replace(old, folder)
-    if repair:
+    if repair:  # what a kill left: a write never finished, or the old checkpoint not yet deleted
         shutil.rmtree(folder.with_name(f".{folder.name}.partial"), ignore_errors=True)
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
     return folder if (folder / TRAINER).is_file() else None
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..data import Task
 from ..errors import UserError
 from ..methods.base import OWN_ROLES, Method
+from ..validation import check_device, check_numbers
 from .checkpoint import Checkpointer, Snapshot, restore_rng, rng_state
 from .distributed import processes
 from .evaluation import task_metrics
@@ -65,6 +66,8 @@ class TrainConfig:
             raise UserError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.checkpoint_every is not None and self.checkpoint_every < 0:
             raise UserError(f"--checkpoint-every must be 0 (at the end only) or more, got {self.checkpoint_every}")
+        check_numbers(self.to_dict())
+        check_device(self.device)
 
 
 @dataclass
@@ -89,6 +92,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device is available on this machine")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: no Apple GPU (MPS) is available on this machine")
     return torch.device(name)
 
 
