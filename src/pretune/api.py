@@ -25,6 +25,7 @@ from .data import Columns, Example, Task, few_shot_task, load_task
 from .distributed import processes
 from .errors import UserError
 from .methods import Method, make_config, method_class
+from .precision import Precision, check_dtype, resolve_precision
 from .runs import RunFolder, guarded, open_completed, open_resumable
 from .train import TrainConfig, Trainer, evaluate, resolve_device, score, set_seed
 from .tuning import BodyTraining
@@ -48,6 +49,7 @@ class RunConfig:
     text_field: str = "text"
     pair_field: str | None = "text_pair"
     label_field: str = "label"
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the number format of the forward passes
     training: TrainConfig = field(default_factory=TrainConfig)
 
     def body_training(self) -> BodyTraining:
@@ -58,6 +60,10 @@ class RunConfig:
         data = asdict(self)
         data["train"] = str(self.body_training())
         return data
+
+    def precision(self) -> Precision:
+        """The concrete number format of this run on the device it runs on (`auto` decided here)."""
+        return resolve_precision(self.dtype, resolve_device(self.training.device))
 
 
 @dataclass
@@ -86,16 +92,21 @@ def validate(config: RunConfig, task: Task):
     method_config = make_config(config.method, dict(config.method_options), task=task)
     training = config.body_training()
     config.training.validate()
+    check_dtype(config.dtype)
     return method_config, training
 
 
 def build_method(config: RunConfig, task: Task, backbone: Backbone | None = None) -> Method:
     method_config, training = validate(config, task)
     cls = method_class(config.method)
+    precision = config.precision()
     backbone = backbone or load_backbone(config.model)
     cls.check_backbone(backbone)
     set_seed(config.training.seed)  # new parameters (head, prompt encoder) start from the seed too
-    return cls(backbone, task, method_config, training)
+    method = cls(backbone, task, method_config, training)
+    method.use_precision(precision)
+    log.info("%s", precision.describe())
+    return method
 
 
 # ---------------------------------------------------------------- the main job
@@ -164,7 +175,8 @@ def _train_and_evaluate(config, task, run, progress, backbone, checkpoints=None)
         dev_targets = task.targets(task.dev) if task.dev else None
         result = method.fit(trainer, train_items, task.targets(task.train), dev_items, dev_targets)
         method.finalize()
-        metrics = {"train": {**_train_summary(result), "featurize_seconds": featurize_seconds}}
+        metrics = {"train": {**_train_summary(result), "featurize_seconds": featurize_seconds},
+                   "dtype": method.precision.name}
         group = processes()
         if group.is_main:  # the other processes of a data-parallel run wait for rank 0's results
             metrics.update(_evaluate_splits(method, task, config, progress, run))
@@ -227,6 +239,9 @@ def _sizes(method: Method) -> dict:
 
 def _saved_config(config: RunConfig, task: Task) -> dict:
     data = config.to_dict()
+    # The concrete format, so that resuming and loading the run compute as it did on any machine.
+    precision = config.precision()
+    data["dtype"], data["dtype_chosen"] = precision.name, precision.reason
     data["task_info"] = {"name": task.name, "labels": task.labels, "metric": task.metric}
     data["pretune_version"] = __version__
     return data
@@ -276,11 +291,16 @@ class Predictor:
         return prediction_rows(self.task, examples, self.scores(examples, progress))
 
 
-def load_run(folder: str | Path, device: str = "auto") -> Predictor:
-    """Rebuild a completed run's method from its config.yaml and adapter weights."""
+def load_run(folder: str | Path, device: str = "auto", dtype: str | None = None) -> Predictor:
+    """Rebuild a completed run's method from its config.yaml and adapter weights; it computes in the
+    run's own number format unless `dtype` says otherwise."""
     run = open_completed(folder)
     saved = run.read_config()
     config = config_from_dict(saved)
+    config.training.device = device
+    if dtype is not None:
+        check_dtype(dtype)
+        config.dtype = dtype
     info = saved["task_info"]
     task = Task(name=info["name"], labels=info["labels"], metric=info["metric"])
     method = build_method(config, task)
@@ -293,6 +313,8 @@ def config_from_dict(data: dict) -> RunConfig:
     data = dict(data)
     data.pop("task_info", None)
     data.pop("pretune_version", None)
+    data.pop("dtype_chosen", None)
+    data.setdefault("dtype", "float32")  # run folders from before --dtype computed in float32
     training = TrainConfig(**data.pop("training", {}))
     return RunConfig(training=training, **data)
 

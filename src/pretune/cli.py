@@ -41,6 +41,10 @@ METHOD_OPTIONS = [
 ]
 
 
+DTYPE_HELP = ("number format of the forward passes: auto | float32 | bfloat16 | float16 (auto: bfloat16 where "
+              "the GPU or CPU computes it natively, else float32)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (what is wrong, where to look) and exit 2."""
 
@@ -73,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", required=True, help="a completed run folder")
     predict.add_argument("--input", required=True, help="data file (.jsonl, .csv, .tsv); labels not needed")
     predict.add_argument("--output", help="write predictions here (JSON lines) instead of stdout")
+    predict.add_argument("--dtype", help=DTYPE_HELP + "; default: the run's own")
     _add_column_arguments(predict)
 
     commands.add_parser("models", help="list the packaged models and whether they are installed")
@@ -101,6 +106,7 @@ def _add_bench_parser(commands) -> None:
     bench.add_argument("--threads", type=int, help="torch threads in each run (default: torch's own choice)")
     bench.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (default 1)")
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    bench.add_argument("--dtype", default="auto", help=DTYPE_HELP + "; part of each run's key")
     bench.add_argument("--out", help="results folder (an earlier benchmark's folder continues where it stopped)")
     bench.add_argument("--list-arms", action="store_true", help="list the arms and whether they can run here")
     bench.add_argument("--report-only", action="store_true", help="rewrite the report from --out's results; run nothing")
@@ -145,6 +151,7 @@ def _add_run_arguments(parser, task_required: bool = True) -> None:
     training.add_argument("--patience", type=int, help="stop after this many evaluations without improvement")
     training.add_argument("--seed", type=int, default=42)
     training.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    training.add_argument("--dtype", help=DTYPE_HELP + " (default auto; eval --run: the run's own)")
     training.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -194,6 +201,7 @@ def run_config_from_args(args):
         text_field=args.text_field,
         pair_field=args.pair_field,
         label_field=args.label_field,
+        dtype=args.dtype or "auto",
         training=training,
     )
 
@@ -261,7 +269,7 @@ def _evaluate_run(args) -> dict:
 
     if not args.input:
         raise UserError("eval --run needs --input FILE (labelled data)")
-    predictor = load_run(args.run, device=args.device)
+    predictor = load_run(args.run, device=args.device, dtype=args.dtype)
     examples = read_examples(args.input, Columns(args.text_field, args.pair_field, args.label_field))
     check_labels(examples, predictor.task.labels, "input")
     items = predictor.method.featurize(examples, progress=not args.quiet)
@@ -273,7 +281,7 @@ def cmd_predict(args) -> int:
     from .api import load_run
     from .data import Columns, read_examples
 
-    predictor = load_run(args.run)
+    predictor = load_run(args.run, dtype=args.dtype)
     columns = Columns(args.text_field, args.pair_field, args.label_field)
     examples = read_examples(args.input, columns, require_label=False)
     rows = predictor.predict(examples, progress=True)
@@ -324,6 +332,7 @@ def cmd_bench(args) -> int:
         eval_batch_size=args.eval_batch_size,
         shots=args.shots,
         device=args.device,
+        dtype=args.dtype,
         threads=args.threads,
         jobs=args.jobs,
         text_field=args.text_field,

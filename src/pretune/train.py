@@ -124,7 +124,8 @@ def score(method: Method, items: list[dict], batch_size: int = 32, progress: boo
     out = [None] * len(items)
     for chunk in tqdm(chunks, desc=desc, unit="batch", disable=not progress or len(chunks) < 2, leave=False):
         batch = _move(method.collate([items[i] for i in chunk]), method.device)
-        scores = method(batch).float().cpu()
+        with method.autocast():
+            scores = method(batch).float().cpu()
         for row, index in zip(scores, chunk):
             out[index] = row
     method.train(was_training)
@@ -312,10 +313,11 @@ class Trainer:
             if not mine:
                 continue  # a batch smaller than the number of processes: this one sits it out
             batch = _move(method.collate([items[i] for i in mine]), self.device)
-            loss = loss_fn(task, method(batch), targets[mine].to(self.device))
-            auxiliary = method.auxiliary_loss()
+            with method.autocast():  # the forward pass only; the loss is float32, backward outside
+                scores, auxiliary = method(batch), method.auxiliary_loss()
+            loss = loss_fn(task, scores, targets[mine].to(self.device))
             if auxiliary is not None:
-                loss = loss + auxiliary
+                loss = loss + auxiliary.float()
             # Weighted by this shard's part of the batch: the processes' average is then the batch mean.
             loss = loss * (len(mine) * self.processes.world_size / len(indices)) / config.grad_accum
             loss.backward()

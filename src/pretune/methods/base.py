@@ -20,6 +20,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..data import Example, Task
+from ..precision import FLOAT32, Precision
 from ..tuning import BodyTraining, apply_body_training
 
 
@@ -44,6 +45,7 @@ class Method(nn.Module):
     default_lr: ClassVar[float] = 1e-3
     default_body_lr: ClassVar[float] = 1e-5
     default_training: ClassVar[str] = "frozen"  # which body parameters train when the user does not say
+    precision: Precision = FLOAT32  # the number format of the forward pass (see `use_precision`)
 
     @classmethod
     def check_backbone(cls, backbone: Backbone) -> None:
@@ -89,6 +91,16 @@ class Method(nn.Module):
         return None
 
     # -- shared behaviour ----------------------------------------------------------
+    def use_precision(self, precision: Precision) -> None:
+        """Compute in `precision`: the frozen body held in its format, trainable parameters in float32.
+        Called once the method's own parameters exist (they start from the float32 body)."""
+        self.precision = precision
+        precision.hold_frozen(self)
+
+    def autocast(self):
+        """The context every forward pass of this method runs in (the trainer's and the scorer's)."""
+        return self.precision.autocast(self.device.type)
+
     @staticmethod
     def item_length(item: dict) -> int:
         """How long an item is, so evaluation can batch items of similar length together."""

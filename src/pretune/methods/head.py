@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..precision import exact
 from .base import Method, MethodConfig, body_parameter_group, new_parameter_group
 
 POOLINGS = ("auto", "cls", "last", "mean")
@@ -80,7 +81,8 @@ class HeadMethod(Method):
         features: list = [None] * len(items)
         for chunk in tqdm(chunks, desc="encoding (frozen body, once)", unit="batch", disable=not progress):
             batch = {k: v.to(self.device) for k, v in self._pad([items[i] for i in chunk]).items()}
-            pooled = self._pooled(batch).float().cpu()
+            with self.autocast():  # the run's number format; the cache itself is float32
+                pooled = self._pooled(batch).float().cpu()
             for row, index in zip(pooled, chunk):
                 features[index] = {"features": row}
         return features
@@ -102,7 +104,8 @@ class HeadMethod(Method):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         features = batch["features"] if "features" in batch else self._pooled(batch)
-        return self.head(features.to(self.head[-1].weight.dtype))
+        with exact(features.device.type):  # label scores in float32
+            return self.head(features.float())
 
     def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.backbone.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..patterns import Pattern, Rendered, Soft
+from ..precision import exact
 from ..prompt_encoders import ENCODERS, SoftPrompt, initial_embeddings
 from ..scoring import causal_lm_batch, masked_lm_batch
 from ..task_defaults import Prompt, ptuning_template
@@ -123,7 +124,8 @@ class TrainablePromptMethod(PetMethod):
         hidden = self.scorer.hidden_states(batch, self.input_embeddings(index, batch), **self.prefix_inputs(batch))
         if self.head is not None:
             read = hidden[batch["target_row"], batch["target_position"]]
-            return self.head(read.to(self.head[-1].weight.dtype))
+            with exact(read.device.type):  # label scores in float32
+                return self.head(read.float())
         words = self.scorer.word_scores_from_hidden(hidden, batch)
         return aggregate(words, self.bound[index].word_labels, self.task.num_labels, self.config.aggregate)
 
