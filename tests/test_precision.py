@@ -182,3 +182,21 @@ def test_a_bfloat16_run_trains_records_its_format_and_predicts(tmp_path, task_fo
     assert main(["predict", "--run", str(out), "--input", str(task_folder / "test.jsonl"), "--output", str(predictions)]) == 0
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(rows) == 8 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
+
+
+def test_attention_trains_in_float32_on_a_cpu_and_infers_as_before(tiny_causal, task):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    _method(tiny_causal, task, "ptuning")  # a reduced format installs it
+    attention = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    module = tiny_causal.model.model.layers[0].self_attn
+    q, k, v = (torch.randn(2, 4, 5, 8, dtype=torch.bfloat16) for _ in range(3))
+    with torch.inference_mode():
+        assert torch.equal(attention(module, q, k, v, None)[0], sdpa_attention_forward(module, q, k, v, None)[0])
+    q.requires_grad_(True)
+    out = attention(module, q, k, v, None)[0]
+    expected = sdpa_attention_forward(module, q.float(), k.float(), v.float(), None)[0].to(torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.bfloat16

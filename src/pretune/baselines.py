@@ -44,7 +44,7 @@ def run_baseline(arm, spec) -> dict:
     tokenizer = _tokenizer(folder, causal)
     model = _model(folder, task, tokenizer, arm.options)
     precision = Precision(spec.dtype)
-    precision.hold_frozen(model)
+    precision.prepare(model)
     device = resolve_device(spec.device)
     model.to(device)
     autocast = lambda: precision.autocast(device.type)  # noqa: E731

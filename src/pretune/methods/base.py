@@ -95,7 +95,7 @@ class Method(nn.Module):
         """Compute in `precision`: the frozen body held in its format, trainable parameters in float32.
         Called once the method's own parameters exist (they start from the float32 body)."""
         self.precision = precision
-        precision.hold_frozen(self)
+        precision.prepare(self)
 
     def autocast(self):
         """The context every forward pass of this method runs in (the trainer's and the scorer's)."""
