@@ -48,7 +48,7 @@ PAIRS = [  # the frozen-body prompt methods first: the targets are about them
     ("PET vs full fine-tuning", "pet", "hf-full"),
     ("head (cached) vs full fine-tuning", "head", "hf-full"),
 ]
-PROMPT_ARMS = ("prompt-tuning", "ptuning")
+PROMPT_ARMS = ("prompt-tuning",)  # its evaluation against the bare forward pass
 DEFAULTS = {"pretune": "auto", "transformers": "float32", "peft": "float32"}  # each family's own default
 
 
