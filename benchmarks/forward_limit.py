@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from pretune.arms import ARMS, RunSpec
+from pretune.bench.arms import ARMS, RunSpec
 
 ROUNDS = 2  # alternations of each comparison; the best time of each side counts
 
@@ -34,29 +34,27 @@ def _batches(method, items: list[dict], batch_size: int) -> list[dict]:
     """The token batches `train.score` builds: items sorted by length, in chunks of `batch_size`."""
     order = sorted(range(len(items)), key=lambda i: method.item_length(items[i]))
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    return [method.collate([items[i] for i in chunk])["prompts"][0] for chunk in chunks]
+    return [method.collate([items[i] for i in chunk]) for chunk in chunks]
 
 
 def evaluation_against_bare_forward(spec: RunSpec, arm: str) -> dict:
     """Tokens/s of the method's whole evaluation (featurize + score) and of `body(ids, mask)` alone
     on the batches it reads, at the spec's dtype."""
-    from pretune.train import score
-
     method, task = _method(spec, arm)
     examples = task.test
     items = method.featurize(examples, progress=False)
     batches = _batches(method, items, spec.eval_batch_size)
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    padded = sum(b["attention_mask"].numel() for b in batches)
+    tokens = sum(int(b.attention_mask.sum()) for b in batches)
+    padded = sum(b.attention_mask.numel() for b in batches)
     body = method.backbone.body
 
     def pretune_evaluation() -> None:
-        score(method, method.featurize(examples, progress=False), spec.eval_batch_size)
+        method.score_items(method.featurize(examples, progress=False), spec.eval_batch_size)
 
     @torch.inference_mode()
     def bare_forward() -> None:
         for batch in batches:
-            body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
 
     pretune_evaluation()  # warm-up: first-call allocations and kernel selection
     best = {"pretune": float("inf"), "bare": float("inf")}
@@ -74,13 +72,13 @@ def evaluation_against_bare_forward(spec: RunSpec, arm: str) -> dict:
 
 def training_padding(spec: RunSpec, arm: str, steps: int) -> float:
     """The fraction of padding in the rows of the training batches the trainer draws."""
-    from pretune.train import BatchOrder
+    from pretune.training.trainer import BatchOrder
 
     method, task = _method(spec, arm)
     items = method.featurize(task.train, progress=False)
     order, real, total = BatchOrder(len(items), spec.batch_size, spec.seed), 0, 0
     for _ in range(steps):
-        mask = method.collate([items[i] for i in order.next()])["prompts"][0]["attention_mask"]
+        mask = method.collate([items[i] for i in order.next()]).attention_mask
         real, total = real + int(mask.sum()), total + mask.numel()
     return 1 - real / total
 
@@ -92,7 +90,7 @@ def attention_profile(spec: RunSpec, arm: str) -> dict:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from pretune.train import loss_fn, target_tensor
+    from pretune.training.trainer import loss_fn, target_tensor
 
     method, task = _method(spec, arm)
     method.train()

@@ -35,8 +35,8 @@ from pathlib import Path
 import forward_limit
 import torch
 
-from pretune.arms import ARMS, RunSpec
-from pretune.bench import run_in_worker
+from pretune.bench.arms import ARMS, RunSpec
+from pretune.bench.harness import run_in_worker
 from pretune.data import find_benchmark_task
 from pretune.precision import cpu_summary, resolve_precision
 

@@ -9,11 +9,11 @@ import yaml
 
 from pretune import precision
 from pretune.api import RunConfig, build_method, config_from_dict, load_run
-from pretune.arms import RunSpec
-from pretune.bench import run_key
+from pretune.bench.arms import RunSpec
+from pretune.bench.harness import run_key
 from pretune.cli import main
 from pretune.precision import Precision, resolve_precision
-from pretune.train import TrainConfig, loss_fn, target_tensor
+from pretune.training.trainer import TrainConfig, loss_fn, target_tensor
 
 # ---------------------------------------------------------------- what `auto` picks
 
@@ -142,7 +142,7 @@ def test_head_features_are_encoded_in_the_format_and_cached_in_float32(tiny_enco
     method = _method(tiny_encoder, task, "head")
     items = method.featurize(task.train, progress=False)
     assert items[0]["features"].dtype == torch.float32
-    assert method.collate(items[:2])["features"].dtype == torch.float32
+    assert method.collate(items[:2]).features.dtype == torch.float32
     assert method(method.collate(items[:2])).dtype == torch.float32
 
 
@@ -157,7 +157,7 @@ def test_old_run_folders_without_a_dtype_load_as_float32():
 
 def test_bench_keys_of_float32_runs_are_those_from_before_dtype():
     """Runs recorded before --dtype existed were float32: their keys must not change."""
-    from pretune.arms import ARMS
+    from pretune.bench.arms import ARMS
 
     spec = RunSpec(task="sst-2", model="m", seed=13)
     assert "dtype" not in spec.protocol()
