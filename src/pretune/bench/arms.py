@@ -41,12 +41,15 @@ class RunSpec:
     text_field: str = "text"
     pair_field: str | None = "text_pair"
     label_field: str = "label"
+    dtype: str = "float32"  # a concrete number format (the benchmark decides `auto` before keying runs)
 
     def protocol(self) -> dict:
         """What defines a run's result besides task, model, arm and seed (hashed into its key)."""
         data = asdict(self)
         for name in ("task", "model", "seed", "device"):
             data.pop(name)
+        if data["dtype"] == "float32":
+            data.pop("dtype")  # runs from before --dtype were float32: they keep their keys
         return data
 
     def run_config(self, method: str = "head", method_options: dict | None = None, train: str | None = None,
@@ -59,7 +62,7 @@ class RunSpec:
         return RunConfig(
             task=self.task, model=self.model, method=method, method_options=dict(method_options or {}), train=train,
             split_seed=self.seed, shots=self.shots, text_field=self.text_field, pair_field=self.pair_field,
-            label_field=self.label_field, training=TrainConfig(**settings),
+            label_field=self.label_field, dtype=self.dtype, training=TrainConfig(**settings),
         )
 
     def load_task(self):

@@ -7,7 +7,9 @@ linear schedule with 6% warm-up, batches padded by the tokenizer. Learning rates
 examples' (LoRA 3e-4, P_TUNING and PROMPT_TUNING 1e-3) and 2e-5 for full fine-tuning.
 
 The protocol is pretune's: the same split, seed, step budget and batch size, evaluation on dev at
-the same steps, the best state on dev kept, then one evaluation on test.
+the same steps, the best state on dev kept, then one evaluation on test. In a reduced number format
+(`spec.dtype` bfloat16 or float16) a baseline computes as pretune does, so that the two compare at
+the same format: frozen weights held in it, trainable ones in float32, forward passes under autocast.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def run_baseline(arm, spec) -> dict:
 
     task = spec.load_task()  # (first: it imports pretune's modules in their working order)
     from ..backbones import detect_kind, resolve
+    from ..precision import Precision
     from ..training.trainer import resolve_device
 
     folder = resolve(spec.model)
@@ -40,18 +43,21 @@ def run_baseline(arm, spec) -> dict:
     set_seed(spec.seed)
     tokenizer = _tokenizer(folder, causal)
     model = _model(folder, task, tokenizer, arm.options)
+    precision = Precision(spec.dtype)
+    precision.prepare(model)
     device = resolve_device(spec.device)
     model.to(device)
+    autocast = lambda: precision.autocast(device.type)  # noqa: E731
 
     start = time.perf_counter()
     train = _encode(tokenizer, task.train, task)
     dev = _encode(tokenizer, task.dev, task) if task.dev else None
-    history, seen, best = _fit(model, tokenizer, train, dev, task, spec, arm.options["lr"], device)
+    history, seen, best = _fit(model, tokenizer, train, dev, task, spec, arm.options["lr"], device, autocast)
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
     test = _encode(tokenizer, task.test, task)
-    test_metrics, predictions = _evaluate(model, tokenizer, test, task, spec.eval_batch_size, device)
+    test_metrics, predictions = _evaluate(model, tokenizer, test, task, spec.eval_batch_size, device, autocast)
     eval_rate = len(task.test) / (time.perf_counter() - start)
     return {
         "dev": best["dev"],
@@ -132,7 +138,7 @@ def _collate(tokenizer, rows: list[dict]):
 # ---------------------------------------------------------------- training and evaluation
 
 
-def _fit(model, tokenizer, train: list[dict], dev, task, spec, lr: float, device):
+def _fit(model, tokenizer, train: list[dict], dev, task, spec, lr: float, device, autocast):
     """AdamW + linear schedule for `spec.steps` steps; evaluates dev at pretune's trainer's steps and
     keeps the best trainable state. Returns (history, examples seen, best)."""
     import torch
@@ -153,7 +159,9 @@ def _fit(model, tokenizer, train: list[dict], dev, task, spec, lr: float, device
     while step < spec.steps:
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            with autocast():
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            loss = _loss(logits, batch["labels"], task)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
             optimizer.step()
@@ -162,7 +170,8 @@ def _fit(model, tokenizer, train: list[dict], dev, task, spec, lr: float, device
             step, seen = step + 1, seen + len(batch["labels"])
             losses.append(loss.item())
             if step % eval_every == 0 or step == spec.steps:
-                history.append(_checkpoint(model, tokenizer, dev, task, spec, step, losses[-eval_every:], best, device))
+                history.append(_checkpoint(model, tokenizer, dev, task, spec, step, losses[-eval_every:], best, device,
+                                           autocast))
                 model.train()
             if step == spec.steps:
                 break
@@ -172,11 +181,11 @@ def _fit(model, tokenizer, train: list[dict], dev, task, spec, lr: float, device
     return history, seen, best
 
 
-def _checkpoint(model, tokenizer, dev, task, spec, step, losses, best, device) -> dict:
+def _checkpoint(model, tokenizer, dev, task, spec, step, losses, best, device, autocast) -> dict:
     row = {"step": step, "loss": float(np.mean(losses))}
     if dev is None:
         return row
-    dev_metrics, _ = _evaluate(model, tokenizer, dev, task, spec.eval_batch_size, device)
+    dev_metrics, _ = _evaluate(model, tokenizer, dev, task, spec.eval_batch_size, device, autocast)
     row.update({f"dev_{k}": v for k, v in dev_metrics.items()})
     if dev_metrics[task.metric] > best["metric"]:
         state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -184,7 +193,7 @@ def _checkpoint(model, tokenizer, dev, task, spec, step, losses, best, device) -
     return row
 
 
-def _evaluate(model, tokenizer, rows: list[dict], task, batch_size: int, device):
+def _evaluate(model, tokenizer, rows: list[dict], task, batch_size: int, device, autocast):
     """(metrics, predictions) in the data's order, batch after batch as a DataLoader gives them."""
     import torch
 
@@ -194,12 +203,24 @@ def _evaluate(model, tokenizer, rows: list[dict], task, batch_size: int, device)
         for start in range(0, len(rows), batch_size):
             batch = _collate(tokenizer, rows[start : start + batch_size])
             batch.pop("labels")
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+            with autocast():
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
             outputs.append(logits)
     logits = torch.cat(outputs)
     predictions = logits.view(-1).numpy() if task.is_regression else logits.argmax(dim=-1).numpy()
     targets = np.asarray([row["labels"] for row in rows])
     return task_metrics.all_metrics(task.metric, predictions, targets, task.num_labels), predictions
+
+
+def _loss(logits, labels, task):
+    """The loss transformers' sequence-classification models compute, in float32 (as the model does
+    in float32; under autocast its logits would be bfloat16)."""
+    import torch.nn.functional as F
+
+    logits = logits.float()
+    if task.is_regression:
+        return F.mse_loss(logits.view(-1), labels.float().view(-1))
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1))
 
 
 def _saved_bytes(model) -> int:

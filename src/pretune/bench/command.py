@@ -23,6 +23,8 @@ def add_bench_parser(commands, add_column_arguments) -> None:
     bench.add_argument("--threads", type=int, help="torch threads in each run (default: torch's own choice)")
     bench.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (default 1)")
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    bench.add_argument("--dtype", default="auto", help="number format: auto | float32 | bfloat16 | float16 (auto: "
+                       "bfloat16 where the hardware computes it natively); part of each run's key")
     bench.add_argument("--out", help="results folder (an earlier benchmark's folder continues where it stopped)")
     bench.add_argument("--list-arms", action="store_true", help="list the arms and whether they can run here")
     bench.add_argument("--report-only", action="store_true", help="rewrite the report from --out's results; run nothing")
@@ -52,6 +54,7 @@ def cmd_bench(args) -> int:
         eval_batch_size=args.eval_batch_size,
         shots=args.shots,
         device=args.device,
+        dtype=args.dtype,
         threads=args.threads,
         jobs=args.jobs,
         text_field=args.text_field,

@@ -45,6 +45,7 @@ class BenchConfig:
     eval_batch_size: int = 32
     shots: int | None = None
     device: str = "auto"
+    dtype: str = "auto"  # resolved once for the machine: runs are keyed by the concrete format
     threads: int | None = None  # torch threads in each run; None: torch's default
     jobs: int = 1  # runs at once, each in its own process (their timings then share the machine)
     text_field: str = "text"
@@ -57,8 +58,14 @@ class BenchConfig:
         return RunSpec(
             task=task, model=self.model, seed=seed, steps=self.steps, batch_size=self.batch_size,
             eval_batch_size=self.eval_batch_size, shots=self.shots, device=self.device, text_field=self.text_field,
-            pair_field=self.pair_field, label_field=self.label_field,
+            pair_field=self.pair_field, label_field=self.label_field, dtype=self.concrete_dtype(),
         )
+
+    def concrete_dtype(self) -> str:
+        from ..precision import resolve_precision
+        from ..training.trainer import resolve_device
+
+        return resolve_precision(self.dtype, resolve_device(self.device)).name
 
 
 @dataclass(frozen=True)

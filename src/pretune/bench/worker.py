@@ -43,6 +43,7 @@ def run_job(job: dict) -> dict:
         "loadavg_after": list(os.getloadavg()),
         "torch_threads": torch.get_num_threads(),
         "device": str(spec.device),
+        "dtype": spec.dtype,
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "versions": _versions(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

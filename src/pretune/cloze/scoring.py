@@ -45,9 +45,10 @@ class LabelWordScorer:
     def word_scores_from_hidden(self, hidden: torch.Tensor, batch: ClozeBatch) -> torch.Tensor:
         picked = self._transform(hidden[batch.target_row, batch.target_position])  # [K, H]
         tokens = batch.target_token
-        scores = (picked * self.output.weight[tokens]).sum(dim=-1)
+        # Label scores in float32 whatever the body computed in: K dot products cost nothing.
+        scores = (picked.float() * self.output.weight[tokens].float()).sum(dim=-1)
         if self.output.bias is not None:
-            scores = scores + self.output.bias[tokens]
+            scores = scores + self.output.bias[tokens].float()
         scores = self._softcapped(scores)
         if batch.target_normalize.any():
             scores = scores - self._log_normalisers(picked, batch)
@@ -60,7 +61,7 @@ class LabelWordScorer:
         unique, inverse = torch.unique(key[normalize], return_inverse=True)
         first = torch.zeros(len(unique), dtype=torch.long, device=key.device)
         first.scatter_(0, inverse, torch.nonzero(normalize).squeeze(1))
-        log_z = self._softcapped(self.output(picked[first])).logsumexp(dim=-1)
+        log_z = self._softcapped(self.output(picked[first]).float()).logsumexp(dim=-1)
         out = torch.zeros_like(normalize, dtype=log_z.dtype)
         out[normalize] = log_z[inverse]
         return out

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..backbones import Backbone
 from ..data import Example, Task
 from ..errors import UserError
+from ..precision import FLOAT32, Precision
 from ..tuning import BodyTraining, apply_body_training
 
 # Parameter roles: the method's own new parameters train at `--lr`, the body's at `--body-lr`;
@@ -57,6 +58,7 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    precision: Precision = FLOAT32  # the number format of the forward passes (see `use_precision`)
 
     def __init__(self, backbone: Backbone, task: Task, config: MethodConfig, training: BodyTraining):
         super().__init__()
@@ -90,6 +92,17 @@ class Method(nn.Module):
         """The trainable parameters by role (`ROLES`)."""
         raise NotImplementedError
 
+    # -- number format ----------------------------------------------------------------------
+    def use_precision(self, precision: Precision) -> None:
+        """Compute in `precision`: the frozen body held in its format, trainable parameters in float32.
+        Called once the method's own parameters exist (they start from the float32 body)."""
+        self.precision = precision
+        precision.prepare(self)
+
+    def autocast(self):
+        """The context every forward pass of this method runs in (the trainer's and the scorer's)."""
+        return self.precision.autocast(self.device.type)
+
     # -- examples to label scores ---------------------------------------------------------
     def label_scores(self, examples: list[Example], batch_size: int = 32, progress: bool = False) -> torch.Tensor:
         """Label scores [N, C] of examples, in their order."""
@@ -104,7 +117,8 @@ class Method(nn.Module):
         chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         out = [None] * len(items)
         for chunk in tqdm(chunks, desc=desc, unit="batch", disable=not progress or len(chunks) < 2, leave=False):
-            scores = self(self.collate([items[i] for i in chunk]).to(self.device)).float().cpu()
+            with self.autocast():
+                scores = self(self.collate([items[i] for i in chunk]).to(self.device)).float().cpu()
             for row, index in zip(scores, chunk):
                 out[index] = row
         self.train(was_training)

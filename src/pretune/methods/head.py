@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..batches import FeatureBatch, TokenBatch
 from ..errors import UserError
 from ..heads import HEADS, build_head
+from ..precision import exact
 from ..tuning import BodyTraining
 from .base import Method, MethodConfig, Rates, body_groups, trainable
 
@@ -84,7 +85,8 @@ class HeadMethod(Method):
         features: list = [None] * len(items)
         for chunk in tqdm(chunks, desc="encoding (frozen body, once)", unit="batch", disable=not progress):
             batch = self._pad([items[i] for i in chunk]).to(self.device)
-            pooled = self._pooled(batch).float().cpu()
+            with self.autocast():  # the run's number format; the cache itself is float32
+                pooled = self._pooled(batch).float().cpu()
             for row, index in zip(pooled, chunk):
                 features[index] = {"features": row}
         return features
@@ -100,7 +102,8 @@ class HeadMethod(Method):
 
     def forward(self, batch: FeatureBatch | TokenBatch) -> torch.Tensor:
         features = batch.features if isinstance(batch, FeatureBatch) else self._pooled(batch)
-        return self.head(features.to(self.head[-1].weight.dtype))
+        with exact(features.device.type):  # label scores in float32
+            return self.head(features.float())
 
     def _pooled(self, batch: TokenBatch) -> torch.Tensor:
         hidden = self.backbone.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask)

@@ -298,10 +298,12 @@ class Trainer:
             if not mine:
                 continue  # a batch smaller than the number of processes: this one sits it out
             batch = method.collate([items[i] for i in mine]).to(self.device)
-            loss = loss_fn(task, method(batch), targets[mine].to(self.device))
-            auxiliary = self.extra_loss() if self.extra_loss is not None else None
+            with method.autocast():  # the forward passes only; the loss is float32, backward outside
+                scores = method(batch)
+                auxiliary = self.extra_loss() if self.extra_loss is not None else None
+            loss = loss_fn(task, scores, targets[mine].to(self.device))
             if auxiliary is not None:
-                loss = loss + auxiliary
+                loss = loss + auxiliary.float()
             # Weighted by this shard's part of the batch: the processes' average is then the batch mean.
             loss = loss * (len(mine) * self.processes.world_size / len(indices)) / config.grad_accum
             loss.backward()

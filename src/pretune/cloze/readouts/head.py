@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ...heads import build_head
+from ...precision import exact
 from ..lm import ClozeBatch
 
 
@@ -25,4 +26,5 @@ class HeadReadout(nn.Sequential):
 
     def scores(self, hidden: torch.Tensor, batch: ClozeBatch) -> torch.Tensor:
         read = hidden[batch.target_row, batch.target_position]
-        return self(read.to(self[-1].weight.dtype))
+        with exact(read.device.type):  # label scores in float32
+            return self(read.float())
