@@ -62,7 +62,10 @@ POSITIVE_WORDS, NEGATIVE_WORD = ["great", "good", "fine"], "bad"
 
 def cloze_config(task_path: str = "sst-2", **options) -> RunConfig:
     method_options = {"patterns": [PATTERN], "verbalizer": VERBALIZER, **options}
-    return RunConfig(task=task_path, model="bert-tiny", method="pet", method_options=method_options, train="full")
+    # float32: the values are compared with the model's own float32 log-probabilities (`auto` would
+    # pick bfloat16 on a CPU that computes it natively)
+    return RunConfig(task=task_path, model="bert-tiny", method="pet", method_options=method_options, train="full",
+                     dtype="float32")
 
 
 def word_log_probs(backbone, texts: list[str], words: list[str]) -> torch.Tensor:

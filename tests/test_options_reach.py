@@ -32,6 +32,7 @@ OPTIONS = [
     (["--train", "last:2"], "train", "last:2"),
     (["--lora-r", "4"], "lora_r", 4),
     (["--lora-alpha", "12"], "lora_alpha", 12),
+    (["--dtype", "bfloat16"], "dtype", "bfloat16"),
     (["--head", "mlp"], "method_options.head", "mlp"),
     (["--hidden", "16"], "method_options.hidden", 16),
     (["--dropout", "0.3"], "method_options.dropout", 0.3),

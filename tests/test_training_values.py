@@ -319,8 +319,12 @@ def test_divergence_names_the_step_and_the_cure_in_one_line(tiny_encoder, task):
     from pretune.errors import UserError
 
     method = linear_head(tiny_encoder, task)
+    items = method.featurize(task.train, progress=False)
+    for item in items:  # a non-finite input: an infinite --lr, the old trigger, is now refused up front
+        item["features"] = torch.full_like(item["features"], float("nan"))
+    trainer = Trainer(TrainConfig(steps=3, batch_size=8, warmup_ratio=0.0, lr=0.1), progress=False, log=None)
     with pytest.raises(UserError) as error:
-        train_head(method, task, steps=3, batch_size=8, lr=float("inf"))
+        trainer.fit(method, items, task.targets(task.train))
     assert str(error.value) in {
         f"training diverged: the {what} became {value} at step {step}; try a lower --lr"
         for what in ("loss", "gradient norm") for value in ("nan", "inf") for step in (1, 2, 3)
