@@ -417,3 +417,12 @@ def test_a_run_of_an_older_version_without_checksums_or_lock_still_predicts(runs
     (run / ".lock").unlink()
     assert run_main(fill(PREDICT, run, runs, tmp_path)) == 0
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 8
+
+
+def test_a_run_trained_on_a_gpu_predicts_where_there_is_none(runs, tmp_path):
+    """The training device is the run's history, not a requirement of predict."""
+    run = tmp_path / "gpu"
+    shutil.copytree(runs["base"] / "complete", run)
+    craft_config(lambda t: t.replace("device: auto", "device: cuda:0"))(run, runs)
+    assert "device: cuda:0" in (run / "config.yaml").read_text()
+    assert run_main(fill(PREDICT, run, runs, tmp_path)) == 0

@@ -87,6 +87,7 @@ def prepare_task(config: RunConfig) -> Task:
     """Read and check the data (before any model loads); apply K-shot sampling if asked."""
     check_numbers({name: getattr(config, name) for name in ("lora_r", "lora_alpha", "split_seed", "shots")})
     config.training.validate()
+    resolve_device(config.training.device)  # a device this machine lacks: refused before any model loads
     columns = Columns(config.text_field, config.pair_field, config.label_field)
     task = load_task(config.task, split_seed=config.split_seed, columns=columns)
     if config.shots is not None:
