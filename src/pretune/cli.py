@@ -1,4 +1,4 @@
-"""The `pretune` command: train | eval | predict | models | demo | bench.
+"""The `pretune` command: train | eval | predict | models | demo | bench | probe.
 
 Every mistake the user can fix ends as one line on stderr and exit code 2, never a traceback.
 """
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .probe.command import add_probe_parser, cmd_probe
 
 # Method options: (flag, config field, type, help). Only the options a user gives reach the
 # method's config, and a method refuses options it does not have. Type `list`: the flag may be
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the packaged models and whether they are installed")
 
     _add_bench_parser(commands)
+    add_probe_parser(commands)
 
     demo = commands.add_parser("demo", help="the main job in small: few-shot SST-2 on the default model")
     demo.add_argument("--model", default=None, help="model (default: smollm2-135m)")
@@ -382,6 +384,7 @@ COMMANDS = {
     "models": cmd_models,
     "demo": cmd_demo,
     "bench": cmd_bench,
+    "probe": cmd_probe,
 }
 
 

@@ -114,6 +114,11 @@ def _read_text(path: Path) -> str:
         raise UserError(f"{path}:{line}: not valid UTF-8 (byte {error.start})") from None
 
 
+def jsonl_rows(path: Path):
+    """("file:line", row) for each JSON object line of a file; a bad line is one UserError naming it."""
+    return _jsonl_rows(path, _read_text(path))
+
+
 def _jsonl_rows(path: Path, text: str):
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -154,6 +154,12 @@ class LabelWordScorer:
             scores = scores - self._log_normalisers(picked, batch)
         return self._per_word(scores, batch)
 
+    def vocabulary_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [N, V] over the whole vocabulary from hidden states [N, H] read at the answer's
+        position: the open-vocabulary readout of knowledge probing, where every token is a label."""
+        logits = self.output(self._transform(hidden))
+        return self._softcapped(logits)
+
     def hidden_states(self, batch: dict, inputs_embeds: torch.Tensor | None = None, **body_inputs) -> torch.Tensor:
         """The body's last hidden states [R, T, H] (after the final norm), from ids or from embeddings.
         `body_inputs` go to the body too and replace the batch's own (deep prompts pass their key/value
