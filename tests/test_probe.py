@@ -3,6 +3,7 @@ readout on tiny random models, and bert-tiny end to end on two small relations."
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -24,6 +25,12 @@ CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spa
 LANGUAGES = [("Victor Hugo", "French"), ("Dante Alighieri", "Italian"), ("Goethe", "German"),
              ("Cervantes", "Spanish"), ("Pushkin", "Russian"), ("Mishima", "Japanese"),
              ("Homer", "Greek"), ("Chopin", "Polish"), ("Ibsen", "Norwegian"), ("Joyce", "English")]
+
+
+@functools.cache
+def tiny(kind: str):
+    """A tiny random model per kind, built once for this module (the probes never change its weights)."""
+    return _tiny(kind, "bert-tiny" if kind == "mlm" else "smollm2-135m")
 
 
 def write_relation(root, relation, pairs):
@@ -88,7 +95,7 @@ def test_single_token_filter_keeps_one_token_objects_with_the_leading_space():
 
 @pytest.mark.parametrize("kind", ["mlm", "causal"])
 def test_vocabulary_logits_are_the_models_own_at_the_answer_position(kind):
-    backbone = _tiny(kind, "bert-tiny" if kind == "mlm" else "smollm2-135m")
+    backbone = tiny(kind)
     prober = Prober(backbone, ProbeSetup(manual_prompt("P36", kind)))
     items = [prober.item(Fact(s, o, "P36"), 5) for s, o in CAPITALS[:3]]
     batch = prober.collate(items)
@@ -103,7 +110,7 @@ def test_vocabulary_logits_are_the_models_own_at_the_answer_position(kind):
 
 @pytest.mark.parametrize("kind", ["mlm", "causal"])
 def test_soft_tokens_started_from_the_prompts_words_answer_like_the_manual_prompt(kind):
-    backbone = _tiny(kind, "bert-tiny" if kind == "mlm" else "smollm2-135m")
+    backbone = tiny(kind)
     manual = manual_prompt("P19", kind)
     plain = Prober(backbone, ProbeSetup(manual))
     anchored = Prober(backbone, ProbeSetup(anchored_from(manual), "soft", "lstm"))
@@ -114,11 +121,11 @@ def test_soft_tokens_started_from_the_prompts_words_answer_like_the_manual_promp
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["mlm", "causal"])
+@pytest.mark.parametrize("kind", [pytest.param("mlm", marks=pytest.mark.slow), "causal"])
 def test_deep_prompt_trains_only_its_prefix_and_learns_a_small_relation(kind):
     """A prefix learns an answer that is always the same (on the real bert-tiny: a random BERT's
     near-uniform output barely moves; on a random Llama it does)."""
-    backbone = load_backbone("bert-tiny") if kind == "mlm" else _tiny(kind, "smollm2-135m")
+    backbone = load_backbone("bert-tiny") if kind == "mlm" else tiny(kind)
     prober = Prober(backbone, ProbeSetup(manual_prompt("P36", kind), "prefix", prefix_length=4))
     encode, lead = prober.encode, prober.answer_lead
     facts = [Fact(country, "Paris", "P36") for country, _ in CAPITALS]
@@ -132,7 +139,7 @@ def test_deep_prompt_trains_only_its_prefix_and_learns_a_small_relation(kind):
 
 
 def test_a_causal_pattern_must_end_with_the_mask():
-    backbone = _tiny("causal", "smollm2-135m")
+    backbone = tiny("causal")
     with pytest.raises(UserError, match="must end with {mask}"):
         Prober(backbone, ProbeSetup("{text} is {mask} citizen ."))
 
@@ -140,6 +147,7 @@ def test_a_causal_pattern_must_end_with_the_mask():
 # ---------------------------------------------------------------- the command, on bert-tiny
 
 
+@pytest.mark.slow
 def test_a_multi_token_object_is_refused_with_one_line(tmp_path, capsys):
     root = tmp_path / "trex"
     write_relation(root, "P36", CAPITALS[:3] + [("Burkina Faso", "Ouagadougou")])
@@ -151,6 +159,7 @@ def test_a_multi_token_object_is_refused_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "out" / "results.json").exists()  # nothing that looks like a finished probe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pet", "ptuning"])
 def test_bert_tiny_probes_two_relations_end_to_end_and_resumes(lama, tmp_path, capsys, method):
     out = tmp_path / method

@@ -131,7 +131,8 @@ def probe_relation(backbone, relation: str, folder: Path, config: ProbeConfig, o
         run = {
             "pattern": pattern,
             "test_p_at_1": precision_at_1(prober, items["test"], batch),
-            "dev_p_at_1": precision_at_1(prober, items["dev"], batch),
+            # An untrained prompt chooses nothing on dev: its dev P@1 would only cost time.
+            "dev_p_at_1": precision_at_1(prober, items["dev"], batch) if outcome.curve else None,
             "train_seconds": round(outcome.seconds, 2),
             "steps": outcome.steps,
             "best_step": outcome.best_step,
