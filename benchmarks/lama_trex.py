@@ -31,15 +31,16 @@ ROOT = Path(__file__).resolve().parent
 DATA = ROOT.parents[1] / "shared" / "data" / "lama" / "trex"
 OUT = ROOT / "results" / "lama_trex"
 
-# arm: (probe method, encoder, variants)
+# arm: (probe method, encoder, P-tuning's init, variants)
 ARMS = {
-    "pet": ("pet", "lstm", False),
-    "ptuning-lstm": ("ptuning", "lstm", False),
-    "ptuning-mlp": ("ptuning", "mlp", False),
-    "ptuning-none": ("ptuning", "none", False),
-    "deep-prompt": ("deep-prompt", "lstm", False),
-    "pet-variants": ("pet", "lstm", True),
-    "ptuning-variants": ("ptuning", "lstm", True),
+    "pet": ("pet", "lstm", "random", False),
+    "ptuning-lstm": ("ptuning", "lstm", "random", False),
+    "ptuning-mlp": ("ptuning", "mlp", "random", False),
+    "ptuning-none": ("ptuning", "none", "random", False),
+    "ptuning-lstm-manual": ("ptuning", "lstm", "manual", False),
+    "deep-prompt": ("deep-prompt", "lstm", "random", False),
+    "pet-variants": ("pet", "lstm", "random", True),
+    "ptuning-variants": ("ptuning", "lstm", "manual", True),
 }
 # model: (every how many-th of the tested relations, max dev/test facts per relation, max train
 # facts, epochs); None: all. Measured here under load: smollm2-135m runs about 1 fact/s forward.
@@ -63,10 +64,10 @@ def tested_relations() -> list[str]:
 
 
 def run_arm(model: str, arm: str, progress: bool) -> dict:
-    method, encoder, variants = ARMS[arm]
+    method, encoder, init, variants = ARMS[arm]
     every, max_eval, max_train, epochs = BUDGETS.get(model, (1, None, None, 10))
     settings = TrainSettings(epochs=epochs, max_train=max_train, patience=1 if max_train else 2)
-    config = ProbeConfig(data=str(DATA), model=model, method=method, encoder=encoder, out=str(OUT / model / arm),
+    config = ProbeConfig(data=str(DATA), model=model, method=method, encoder=encoder, init=init, out=str(OUT / model / arm),
                          relations=tested_relations()[::every], variants=variants, max_eval=max_eval, settings=settings)
     return run_probe(config, progress=progress)
 
@@ -118,7 +119,8 @@ def markdown(results: dict, expected: int, host: dict) -> str:
         "(LAMA's convention; causal models read it after a space). The body is frozen in every arm; "
         "`pet` is the manual prompt (LAMA's template, causal variants end with the mask), untrained; "
         "`ptuning-*` trains `[P*3] {text} [P*3] {mask}` (`[P*3]` after the mask too for a masked LM) "
-        "through the named encoder; `deep-prompt` trains 16 key/value vectors at every layer with the manual "
+        "through the named encoder from random soft tokens; `ptuning-lstm-manual` starts instead from the manual "
+        "prompt, each of its words a soft token initialised as that word (`[P:born]`); `deep-prompt` trains 16 key/value vectors at every layer with the manual "
         "prompt. Prompts train on each relation's train facts, the best dev state kept.", "",
         f"Machine: {host['cpu']} (AMX {host['amx']}, AVX512-BF16 {host['avx512_bf16']}), {host['cores']} cores "
         f"shared with other jobs; load average when this report was written {host['load_average'][0]:.1f}. "

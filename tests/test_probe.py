@@ -17,6 +17,7 @@ from pretune.patterns import Pattern
 from pretune.probe.facts import Fact, read_facts, require_single_token, single_token_facts
 from pretune.probe.prober import Prober, ProbeSetup
 from pretune.probe.relations import LAMA_TEMPLATES, REPHRASED, anchored_from, manual_prompt, soft_template
+from pretune.probe.runner import ProbeConfig, prompts_for
 from pretune.probe.training import TrainSettings, precision_at_1, train_prompt
 
 CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"),
@@ -68,6 +69,12 @@ def test_templates_for_ptuning():
     assert soft_template("causal") == "[P*3] {text} [P*3] {mask}"
     assert Pattern.parse(soft_template("mlm")).soft_token_count == 9
     assert anchored_from("{text} was born in {mask} .") == "{text} [P:was] [P:born] [P:in] {mask} ."
+    ptuning = ProbeConfig(data="", model="", method="ptuning")
+    assert prompts_for("P19", ptuning, "causal") == ["[P*3] {text} [P*3] {mask}"]
+    ptuning.init = "manual"
+    assert prompts_for("P19", ptuning, "causal") == ["{text} [P:was] [P:born] [P:in] {mask}"]
+    ptuning.variants = True  # one template per wording, each started from it
+    assert prompts_for("P19", ptuning, "mlm")[1] == "[P:The] [P:birthplace] [P:of] {text} [P:is] {mask} ."
 
 
 # ---------------------------------------------------------------- facts

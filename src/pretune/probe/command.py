@@ -21,6 +21,8 @@ def add_probe_parser(commands) -> None:
                        help="ask each relation that has several manual wordings once per wording (the spread across prompts)")
     probe.add_argument("--multi-token", default="drop",
                        help="objects that are not one token: drop (LAMA's convention, counted) | error (refuse the first)")
+    probe.add_argument("--init", default="random",
+                       help="ptuning: random ([P*N] {text} [P*N] {mask}) | manual (soft tokens start as the manual prompt's words)")
     probe.add_argument("--soft-tokens", type=int, default=3, help="ptuning: soft tokens per group of [P*N] {text} [P*N] {mask}")
     probe.add_argument("--prompt-length", type=int, default=16, help="deep-prompt: prefix vectors at every layer")
     probe.add_argument("--epochs", type=int, default=10, help="most passes over a relation's train facts")
@@ -44,7 +46,7 @@ def cmd_probe(args) -> int:
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
                              lr=args.lr, patience=args.patience, max_train=args.max_train, seed=args.seed)
     config = ProbeConfig(data=args.data, model=args.model, method=args.method, out=args.out, encoder=args.encoder,
-                         relations=relations, soft_tokens=args.soft_tokens, prefix_length=args.prompt_length,
+                         relations=relations, soft_tokens=args.soft_tokens, init=args.init, prefix_length=args.prompt_length,
                          variants=args.variants, multi_token=args.multi_token, max_eval=args.max_eval,
                          settings=settings)
     summary = run_probe(config, progress=not args.quiet)

@@ -6,8 +6,11 @@ the prompt on train (ptuning, deep-prompt) keeping the state best on dev, and me
 Each finished relation is one JSON file under `OUT/relations/`, written whole: a rerun of the same
 command skips those (resume) and the report is rebuilt from all of them.
 
-With `variants=True` each relation that has several manual wordings (`relations.VARIANTS`) is run
-once per wording (P-tuning: a template whose soft tokens start from that wording's words), for the
+P-tuning's template is `[P*3] {text} [P*3] {mask}` with random soft tokens (`init="random"`, the
+paper's shape), or the manual prompt with each word a soft token starting as that word
+(`init="manual"`: training starts from the manual prompt's answers, and the best dev state is
+never worse on dev). With `variants=True` each relation that has several manual wordings
+(`relations.VARIANTS`) is run once per wording (P-tuning: started from that wording), for the
 spread across prompts.
 """
 
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 METHODS = {"pet": "none", "ptuning": "soft", "deep-prompt": "prefix"}  # method -> prompt input
 MULTI_TOKEN = ("drop", "error")
+INITS = ("random", "manual")  # where P-tuning's soft tokens start
 
 
 @dataclass
@@ -45,6 +49,7 @@ class ProbeConfig:
     encoder: str = "lstm"
     relations: list[str] | None = None
     soft_tokens: int = 3  # per group in P-tuning's template
+    init: str = "random"  # ptuning: `[P*3] {text} [P*3] {mask}` at random, or soft tokens from the manual prompt's words
     prefix_length: int = 16
     variants: bool = False
     multi_token: str = "drop"
@@ -54,6 +59,8 @@ class ProbeConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"unknown --method '{self.method}' for probe (choose one of {', '.join(METHODS)})")
+        if self.init not in INITS:
+            raise UserError(f"unknown --init '{self.init}' (choose random or manual)")
         if self.multi_token not in MULTI_TOKEN:
             raise UserError(f"unknown --multi-token '{self.multi_token}' (choose drop or error)")
         if self.max_eval is not None and self.max_eval < 1:
@@ -114,7 +121,7 @@ def prompts_for(relation: str, config: ProbeConfig, kind: str) -> list[str]:
     manual = variant_prompts(relation, kind) if config.variants else [manual_prompt(relation, kind)]
     if config.method != "ptuning":
         return manual
-    if config.variants:
+    if config.variants or config.init == "manual":
         return [anchored_from(p) for p in manual]
     return [soft_template(kind, config.soft_tokens)]
 
