@@ -190,3 +190,23 @@ def test_bert_tiny_probes_two_relations_end_to_end_and_resumes(lama, tmp_path, c
     assert (out / "relations" / "P36.json").stat().st_mtime_ns == stamp
     assert main(argv[:-1] + ["--epochs", "4", "--quiet"]) == 2  # other options: refused, not mixed in
     assert "other options (settings)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--method", "head"], "unknown --method 'head' for probe"),
+    (["--multi-token", "split"], "unknown --multi-token 'split'"),
+    (["--relations", "P36,P999"], "--relations: P999 not in"),
+    (["--data", "/nonexistent/trex"], "--data /nonexistent/trex: no such folder"),
+    (["--out", "{taken}"], "exists and is not a probe folder"),
+    ([], "unknown model 'no-such-model'"),
+])
+def test_bad_probe_options_fail_with_one_line_before_any_model_loads(lama, tmp_path, capsys, options, message):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    argv = ["probe", "--data", str(lama), "--model", "no-such-model", "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(argv + [o.replace("{taken}", str(taken)) for o in options]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error
+    assert (taken / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "out").exists()  # nothing half-made to trip a later run

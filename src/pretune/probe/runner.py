@@ -87,10 +87,13 @@ def run_probe(config: ProbeConfig, progress: bool = True, backbone=None) -> dict
         folders = {r: p for r, p in folders.items() if r in VARIANTS}
         if not folders:
             raise UserError(f"--variants: none of the relations has prompt variants (those that do: {', '.join(VARIANTS)})")
-    out = _prepare_folder(Path(config.out), config)
+    out = Path(config.out)
+    _check_folder(out, config)
     todo = [r for r in folders if not (out / "relations" / f"{r}.json").is_file()]
     if todo:
-        backbone = backbone or load_backbone(config.model)
+        backbone = backbone or load_backbone(config.model)  # a model that fails to load leaves no folder behind
+    _prepare_folder(out, config)
+    if todo:
         bar = tqdm(todo, desc=f"probe {config.model} {config.method}", disable=not progress)
         for relation in bar:
             bar.set_postfix(relation=relation)
@@ -100,7 +103,8 @@ def run_probe(config: ProbeConfig, progress: bool = True, backbone=None) -> dict
     return report.write_summary(out, config)
 
 
-def _prepare_folder(out: Path, config: ProbeConfig) -> Path:
+def _check_folder(out: Path, config: ProbeConfig) -> None:
+    """Refuse an --out that holds anything but a probe with the same options (resume)."""
     marker = out / "probe.json"
     identity = config.identity()
     if marker.is_file():
@@ -108,12 +112,14 @@ def _prepare_folder(out: Path, config: ProbeConfig) -> Path:
         if previous != identity:
             changed = sorted(k for k in identity if previous.get(k) != identity[k])
             raise UserError(f"--out {out} holds a probe with other options ({', '.join(changed)}); choose another --out")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} exists and is not a probe folder; choose another --out")
+
+
+def _prepare_folder(out: Path, config: ProbeConfig) -> None:
     for sub in ("relations", "plots", "adapters"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(marker, json.dumps(identity, indent=1) + "\n")
-    return out
+    atomic_write_text(out / "probe.json", json.dumps(config.identity(), indent=1) + "\n")
 
 
 def prompts_for(relation: str, config: ProbeConfig, kind: str) -> list[str]:
