@@ -21,7 +21,8 @@ import torch
 from pretune.backbones import load_backbone
 from pretune.data import load_task
 from pretune.methods import HeadConfig, HeadMethod
-from pretune.train import TrainConfig, Trainer, evaluate, set_seed
+from pretune.training.evaluation import task_metrics
+from pretune.training.trainer import TrainConfig, Trainer, set_seed
 from pretune.tuning import BodyTraining
 
 
@@ -30,11 +31,11 @@ def arm(backbone, task, cache: bool, epochs: int) -> dict:
     method = HeadMethod(backbone, task, HeadConfig(cache=cache), BodyTraining.parse("frozen"))
     start = time.perf_counter()
     train = method.featurize(task.train, progress=False)
-    trainer = Trainer(method, TrainConfig(epochs=epochs, lr=1e-3, seed=42, eval_every=10**9), progress=False, log=None)
-    trainer.fit(train, task.targets(task.train))
+    trainer = Trainer(TrainConfig(epochs=epochs, lr=1e-3, seed=42, eval_every=10**9), progress=False, log=None)
+    trainer.fit(method, train, task.targets(task.train))
     seconds = time.perf_counter() - start  # featurizing (the one encoding pass, if cached) + training
     test = method.featurize(task.test, progress=False)
-    accuracy = evaluate(method, test, task.targets(task.test))[0]["accuracy"]
+    accuracy = task_metrics(task, method.score_items(test), task.targets(task.test))["accuracy"]
     return {"cache": cache, "train_seconds": seconds, "test_accuracy": accuracy}
 
 

@@ -29,11 +29,11 @@ import torch
 
 from pretune.api import RunConfig, train_run
 from pretune.backbones import load_backbone
+from pretune.cloze.verbalizer import AGGREGATIONS, aggregate
 from pretune.data import load_task
-from pretune.methods import PetConfig, PetMethod
-from pretune.train import TrainConfig, score
+from pretune.methods import ClozeMethod, build_method
+from pretune.training.trainer import TrainConfig
 from pretune.tuning import BodyTraining
-from pretune.verbalizers import AGGREGATIONS, aggregate
 
 SEEDS = (13, 21, 42, 87, 100)
 ZERO_SHOT = [
@@ -53,8 +53,9 @@ def accuracy(scores: torch.Tensor, targets: list[int]) -> float:
     return float((scores.argmax(dim=-1).numpy() == np.asarray(targets)).mean())
 
 
-def frozen_pet(backbone, task, pattern: str, verbalizer: str) -> PetMethod:
-    return PetMethod(backbone, task, PetConfig(patterns=[pattern], verbalizer=verbalizer), BodyTraining.parse("frozen"))
+def frozen_pet(backbone, task, pattern: str, verbalizer: str) -> ClozeMethod:
+    options = {"patterns": [pattern], "verbalizer": verbalizer}
+    return build_method("pet", backbone, task, options, BodyTraining.parse("frozen"))
 
 
 def zero_shot(backbone, task, batch_size: int) -> list[dict]:
@@ -63,10 +64,10 @@ def zero_shot(backbone, task, batch_size: int) -> list[dict]:
     for pattern, verbalizer in ZERO_SHOT:
         method = frozen_pet(backbone, task, pattern, verbalizer).eval()
         start = time.perf_counter()
-        scores = score(method, method.featurize(task.test), batch_size)
+        scores = method.score_items(method.featurize(task.test), batch_size)
         seconds = time.perf_counter() - start
         with torch.inference_mode():
-            calibrated = scores.log_softmax(dim=-1) - method.content_free_log_probs(0).cpu()
+            calibrated = scores.log_softmax(dim=-1) - method.content_free_log_probs().cpu()
         rows.append({
             "pattern": pattern, "verbalizer": verbalizer, "accuracy": accuracy(scores, targets),
             "calibrated_accuracy": accuracy(calibrated, targets), "seconds": seconds,
@@ -80,10 +81,10 @@ def aggregation(backbone, task, batch_size: int) -> dict:
     method = frozen_pet(backbone, task, AGGREGATION_PATTERN, MANY_WORDS).eval()
     items = method.featurize(task.test)
     words = torch.cat([
-        method.scorer.word_scores(method.collate(items[i : i + batch_size])["prompts"][0]).float()
+        method.readout.scorer.word_scores(method.collate(items[i : i + batch_size])).float()
         for i in range(0, len(items), batch_size)
     ])
-    labels = method.bound[0].word_labels
+    labels = method.prompt.word_labels
     result = {"pattern": AGGREGATION_PATTERN, "verbalizer": MANY_WORDS}
     for how in AGGREGATIONS:
         result[how] = accuracy(aggregate(words, labels, task.num_labels, how), task.targets(task.test))
@@ -96,9 +97,9 @@ def scoring_cost(backbone, task, batch_size: int) -> dict:
     """Seconds for the same batches through both paths, alternated and repeated; medians compared."""
     method = frozen_pet(backbone, task, ZERO_SHOT[0][0], ZERO_SHOT[0][1]).eval()
     items = method.featurize(task.test[:COST_SENTENCES])
-    batches = [method.collate(items[i : i + batch_size])["prompts"][0] for i in range(0, len(items), batch_size)]
-    scorer = method.scorer
-    hidden = [scorer.hidden_states(b) for b in batches]
+    batches = [method.collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    scorer = method.readout.scorer
+    hidden = [method.hidden_states(b) for b in batches]
 
     def label_rows_only():
         return [scorer.word_scores(b) for b in batches]
@@ -141,7 +142,7 @@ def trained(model: str, seed: int, args) -> dict:
     config = RunConfig(task="sst-2", model=model, method="pet", train=args.train, split_seed=seed, training=training)
     result = train_run(config, progress=False, backbone=load_backbone(model))  # fresh weights for every seed
     metrics = result.metrics
-    row = {"seed": seed, "pattern": str(result.method.prompts[0].pattern), "test_accuracy": metrics["test"]["accuracy"], "dev_accuracy": metrics["dev"]["accuracy"],
+    row = {"seed": seed, "pattern": str(result.method.prompt.pattern), "test_accuracy": metrics["test"]["accuracy"], "dev_accuracy": metrics["dev"]["accuracy"],
            "best_step": metrics["train"]["best_step"], "train_seconds": metrics["train"]["seconds"]}
     print(f"trained seed {seed}: test {row['test_accuracy']:.4f} (dev {row['dev_accuracy']:.4f}, best step {row['best_step']})")
     return row

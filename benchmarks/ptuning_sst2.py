@@ -25,8 +25,8 @@ import statistics
 import time
 from pathlib import Path
 
-from pretune.arms import ARMS, LM_BFF_SEEDS, RunSpec
-from pretune.bench import BenchConfig, run_bench, run_key
+from pretune.bench.arms import ARMS, LM_BFF_SEEDS, RunSpec
+from pretune.bench.harness import BenchConfig, run_bench, run_key
 
 RESULTS = Path(__file__).parent / "results"
 HARNESS = RESULTS / "sst-2-smollm2"

@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pretune.arms import ARMS, RunSpec
-from pretune.bench import run_in_worker
+from pretune.bench.arms import ARMS, RunSpec
+from pretune.bench.harness import run_in_worker
 from pretune.data import find_benchmark_task
 
 RESULTS = Path(__file__).parent / "results"

@@ -10,6 +10,8 @@ from pathlib import Path
 # One thread per process: the tests' models are small, several tests start child processes
 # (torchrun, the benchmark worker), and oversubscribed cores make torch many times slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No test reaches the Hugging Face hub: a hub id fails at once instead of after half a minute of retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

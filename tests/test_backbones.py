@@ -15,8 +15,9 @@ def test_missing_package_names_the_pip_command(monkeypatch):
 
 
 def test_unknown_names_and_paths(tmp_path):
-    with pytest.raises(UserError, match="unknown model 'bert-tinny'"):
-        resolve("bert-tinny")
+    assert resolve("gpt2") == "gpt2" and resolve("org/model") == "org/model"  # hub ids, bare or not
+    with pytest.raises(UserError, match="cannot load model 'bert-tinny': .*packaged models: smollm2-135m"):
+        load_backbone("bert-tinny")  # offline here: one line, naming the packaged models
     with pytest.raises(UserError, match="model file not found"):
         resolve(str(tmp_path / "missing.gguf"))
     (tmp_path / "empty").mkdir()

@@ -61,7 +61,7 @@ CASES = {
         "word '\u2603' of label 'positive' is not in the model's vocabulary",
     ),
     # models and methods
-    "model that does not exist": (["--task", "{task}", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+    "model that does not exist": (["--task", "{task}", "--model", "no-such-model"], "cannot load model 'no-such-model'"),
     "PET on an encoder without an LM head": (
         ["--task", "{task}", "--model", "minilm-l6", "--method", "pet"], "has no language-model head",
     ),

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES
-from pretune import arms as arms_module
-from pretune.arms import ARMS, Arm, resolve_arms
+from pretune.bench import arms as arms_module
+from pretune.bench.arms import ARMS, Arm, resolve_arms
+from pretune.bench.report import write_report
 from pretune.cli import main
 from pretune.errors import UserError
-from pretune.report import write_report
 
 TINY = ["--task", EXAMPLES, "--model", "bert-tiny", "--seeds", "13,21", "--steps", "3", "--quiet"]
 
@@ -78,7 +78,7 @@ def test_a_folder_with_other_files_is_refused_untouched(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [(["--seeds", "13,x"], "--seeds: 'x' is not a whole number"), (["--seeds", "13,13"], "names a seed twice"),
-     (["--model", "no-such-model"], "unknown model 'no-such-model'")],
+     (["--model", "no-such-model"], "cannot load model 'no-such-model'")],
 )
 def test_bad_bench_options_are_one_line(tmp_path, capsys, extra, message):
     code, _, err = run_cli(capsys, "bench", *TINY, *extra, "--methods", "head", "--out", tmp_path / "bench")

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from conftest import _tiny, sentiment_task
-from pretune import checkpoint as checkpoint_module
 from pretune.api import RunConfig, resume_run, train_run
-from pretune.checkpoint import Checkpointer, checkpoint_step
 from pretune.errors import UserError
 from pretune.runs import atomic_write_text, load_weights
-from pretune.train import TrainConfig
+from pretune.training import checkpoint as checkpoint_module
+from pretune.training.checkpoint import Checkpointer, checkpoint_step
+from pretune.training.trainer import TrainConfig
 from run_folders import assert_same_run
 
 
@@ -112,6 +112,7 @@ def test_resumed_pet_ensemble_skips_finished_phases_and_continues_the_current_on
     patterns = ["{text} It was {mask}.", "{text} All in all, {mask}."]
     config = tiny_config(tmp_path, method="pet", train="bitfit", patterns=patterns, verbalizer="positive=good negative=bad")
     config.training.steps, config.training.eval_every = 6, 3
+    config.training.lr = None  # PET adds no parameters of its own: --body-lr is its only rate
     train_run(config, tmp_path / "straight", progress=False, backbone=tiny_bert())
     crash_after(monkeypatch, 1, 4)
     with pytest.raises(Crash):

@@ -67,7 +67,7 @@ def test_existing_run_folder_is_refused_then_overwritten_on_request(trained_run,
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--model", "no-such-model"], "cannot load model 'no-such-model'"),
         (["--model", "/no/such/folder"], "model not found: /no/such/folder"),
         (["--method", "magic"], "unknown method 'magic'"),
         (["--train", "sideways"], "unknown --train 'sideways'"),

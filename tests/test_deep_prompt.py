@@ -9,26 +9,26 @@ import torch
 from conftest import _tiny
 from pretune.api import RunConfig, load_run, resume_run, train_run
 from pretune.cli import main
+from pretune.cloze.prefix import model_key_values
 from pretune.data import Example
 from pretune.errors import UserError
-from pretune.methods import DeepPromptConfig, DeepPromptMethod, PetConfig, PetMethod
-from pretune.prefix import model_key_values
+from pretune.methods import ClozeMethod, build_method
 from pretune.runs import load_weights
-from pretune.train import TrainConfig, Trainer, score
+from pretune.training.trainer import TrainConfig, Trainer
 from pretune.tuning import BodyTraining
 from run_folders import assert_same_run
 
 PATTERN = "{text} It was {mask}."
 
 
-def make(backbone, task, training="frozen", **options) -> DeepPromptMethod:
+def make(backbone, task, training="frozen", **options) -> ClozeMethod:
     options = {"patterns": [PATTERN], "prompt_length": 3, **options}
-    return DeepPromptMethod(backbone, task, DeepPromptConfig(**options), BodyTraining.parse(training))
+    return build_method("deep-prompt", backbone, task, options, BodyTraining.parse(training))
 
 
 def train(method, task, steps=4):
     items = method.featurize(task.train)
-    Trainer(method, TrainConfig(steps=steps, batch_size=8, lr=3e-2), progress=False, log=None).fit(items, task.targets(task.train))
+    Trainer(TrainConfig(steps=steps, batch_size=8, lr=3e-2), progress=False, log=None).fit(method, items, task.targets(task.train))
 
 
 def test_a_causal_prefix_of_the_models_own_keys_and_values_equals_those_tokens_written_first(tiny_causal, task):
@@ -38,14 +38,14 @@ def test_a_causal_prefix_of_the_models_own_keys_and_values_equals_those_tokens_w
     tokens = torch.tensor([17, 423, 1005])
     with torch.no_grad():
         method.prefix.key_values.copy_(model_key_values(tiny_causal.body, tiny_causal.model.config, tokens))
-    batch = method.collate(method.featurize(task.test[:3]))["prompts"][0]
-    rows = batch["input_ids"].shape[0]
+    batch = method.collate(method.featurize(task.test[:3]))
+    rows = batch.input_ids.shape[0]
     with torch.no_grad():
-        through_prefix = method.scorer.hidden_states(batch, None, **method.prefix_inputs(batch))
-        written = torch.cat([tokens.expand(rows, -1), batch["input_ids"]], dim=1)
-        mask = torch.cat([torch.ones(rows, 3, dtype=torch.long), batch["attention_mask"]], dim=1)
+        through_prefix = method.hidden_states(batch)
+        written = torch.cat([tokens.expand(rows, -1), batch.input_ids], dim=1)
+        mask = torch.cat([torch.ones(rows, 3, dtype=torch.long), batch.attention_mask], dim=1)
         expected = tiny_causal.body(input_ids=written, attention_mask=mask).last_hidden_state[:, 3:]
-    real = batch["attention_mask"].bool()
+    real = batch.attention_mask.bool()
     assert torch.allclose(through_prefix[real], expected[real], atol=1e-5)
 
 
@@ -54,13 +54,13 @@ def test_every_layer_reads_its_prefix(task, kind):
     backbone = _tiny(kind, "bert-tiny" if kind == "mlm" else "smollm2-135m")
     method = make(backbone, task).eval()
     items = method.featurize(task.test[:2])
-    before = score(method, items)
+    before = method.score_items(items)
     layers = method.prefix.key_values.shape[0]
     assert layers == backbone.model.config.num_hidden_layers
     for layer in range(layers):
         with torch.no_grad():
             method.prefix.key_values[layer] += 1.0
-        assert not torch.allclose(score(method, items), before, atol=1e-4), f"layer {layer}"
+        assert not torch.allclose(method.score_items(items), before, atol=1e-4), f"layer {layer}"
         with torch.no_grad():
             method.prefix.key_values[layer] -= 1.0
 
@@ -82,10 +82,10 @@ def test_reparameterised_prefix_starts_as_the_plain_one_and_materialises_to_it(t
     torch.manual_seed(3)
     reparam = make(tiny_mlm, task, reparam=True)
     items = reparam.featurize(task.test)
-    assert torch.allclose(score(reparam, items), score(plain, items), atol=1e-6)  # the MLP's last layer starts at zero
+    assert torch.allclose(reparam.score_items(items), plain.score_items(items), atol=1e-6)  # the MLP's last layer starts at zero
     train(reparam, task)
     trained = reparam.trainable_parameter_count()
-    before = score(reparam, items)
+    before = reparam.score_items(items)
     reparam.finalize()
     state = reparam.trainable_state_dict()
     assert list(state) == ["prefix.key_values"] and state["prefix.key_values"].shape == (2, 2, 4, 3, 8)
@@ -93,17 +93,17 @@ def test_reparameterised_prefix_starts_as_the_plain_one_and_materialises_to_it(t
     fresh = make(_tiny("mlm", "bert-tiny"), task, reparam=True)
     fresh.load_trainable_state_dict(state)
     assert fresh.prefix.mlp is None
-    assert torch.allclose(score(fresh, items), before, atol=1e-5)
+    assert torch.allclose(fresh.score_items(items), before, atol=1e-5)
 
 
 def test_the_prefix_takes_positions_from_the_input(tiny_mlm, task):
-    reference = PetMethod(tiny_mlm, task, PetConfig(patterns=[PATTERN]), BodyTraining.parse("frozen"))
+    reference = build_method("pet", tiny_mlm, task, {"patterns": [PATTERN]}, BodyTraining.parse("frozen"))
     method = make(tiny_mlm, task, prompt_length=100, max_length=1000)
     assert method.max_length == reference.max_length - 100 == 256 - 100  # the tiny model has 256 positions
     long = Example("word " * 400)
-    batch = method.collate(method.featurize([long]))["prompts"][0]
-    assert batch["input_ids"].shape[1] + 100 <= 256
-    score(method, method.featurize([long]))  # would fail past the position table
+    batch = method.collate(method.featurize([long]))
+    assert batch.input_ids.shape[1] + 100 <= 256
+    method.score_items(method.featurize([long]))  # would fail past the position table
 
 
 def test_refusals(tiny_causal, task):

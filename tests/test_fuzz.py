@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pretune.cloze.pattern import Pattern
+from pretune.cloze.verbalizer import Verbalizer
 from pretune.data import load_task, read_examples
 from pretune.errors import UserError
-from pretune.patterns import Pattern
-from pretune.verbalizers import Verbalizer
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

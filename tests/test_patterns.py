@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pretune.cloze.pattern import Field, Literal, Mask, Pattern, PatternRenderer, Soft, fit_lengths
 from pretune.errors import UserError
-from pretune.patterns import Field, Literal, Mask, Pattern, PatternRenderer, Soft, fit_lengths
 
 
 @pytest.fixture(scope="module")

@@ -1,32 +1,38 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from pretune.api import RunConfig, evaluate_untrained, load_run, train_run
+from pretune.cloze.prompt import BUILT_IN, built_in_prompts
 from pretune.data import Example, Task, data_root
 from pretune.errors import UserError
-from pretune.methods import PetConfig, PetMethod
-from pretune.task_defaults import BUILT_IN, built_in_prompts
-from pretune.train import TrainConfig, Trainer, evaluate, score
+from pretune.methods import build_method, build_methods, make_config, method_spec
+from pretune.methods.cloze import BODY_RATES
+from pretune.training.evaluation import evaluate
+from pretune.training.recipes import auxiliary_loss, fit, tuned
+from pretune.training.trainer import TrainConfig, Trainer, optimizer_groups
 from pretune.tuning import BodyTraining
 
 MULTI_TOKEN = "positive=great,phenomenally,good negative=bad,abysmally"  # two words span several tokens
 
 
-def make(backbone, task, training="frozen", **options) -> PetMethod:
-    return PetMethod(backbone, task, PetConfig(**options), BodyTraining.parse(training))
+def make(backbone, task, training="frozen", **options):
+    """PET as a run builds it: one cloze method, or a pattern ensemble of them."""
+    config = make_config("pet", options, task)
+    return tuned(build_methods("pet", backbone, task, config, BodyTraining.parse(training)))
 
 
-def only_batch(method, examples, prompt=0):
-    return method.collate(method.featurize(examples))["prompts"][prompt]
+def only_batch(method, examples):
+    return method.collate(method.featurize(examples))
 
 
 def exact_label_distribution(method, batch):
     """Reference: every target a full log-softmax over the vocabulary, words combined by logsumexp."""
-    exact = dict(batch, target_normalize=torch.ones_like(batch["target_normalize"]))
-    words = method.scorer.full_vocabulary_word_scores(exact)
-    per_label = torch.stack([words[:, method.bound[0].word_labels == c].logsumexp(-1) for c in range(method.task.num_labels)], dim=1)
+    exact = replace(batch, target_normalize=torch.ones_like(batch.target_normalize))
+    words = method.readout.scorer.full_vocabulary_word_scores(exact)
+    per_label = torch.stack([words[:, method.prompt.word_labels == c].logsumexp(-1) for c in range(method.task.num_labels)], dim=1)
     return per_label.softmax(-1)
 
 
@@ -36,54 +42,52 @@ def exact_label_distribution(method, batch):
 @pytest.mark.parametrize("pattern", ["{text} It was {mask}", "{text} It was {mask}, really."])
 def test_causal_scores_match_the_full_vocabulary_and_exact_probabilities(tiny_causal, task, pattern):
     method = make(tiny_causal, task, patterns=[pattern], verbalizer=MULTI_TOKEN)
-    assert max(len(ids) for ids in method.bound[0].words.token_ids) > 1
+    assert max(len(ids) for ids in method.prompt.words.token_ids) > 1
     batch = only_batch(method, task.test[:4])
     with torch.no_grad():
-        cheap = method.scorer.word_scores(batch)
-        reference = method.scorer.full_vocabulary_word_scores(batch)
+        cheap = method.readout.scorer.word_scores(batch)
+        reference = method.readout.scorer.full_vocabulary_word_scores(batch)
         assert torch.allclose(cheap, reference, atol=1e-4)
         # Skipped normalisers only shift every label of an example alike: the distribution is exact.
-        assert torch.allclose(method.prompt_scores(0, batch).softmax(-1), exact_label_distribution(method, batch), atol=1e-5)
+        assert torch.allclose(method(batch).softmax(-1), exact_label_distribution(method, batch), atol=1e-5)
 
 
 def test_masked_lm_fills_as_many_masks_as_a_word_has_tokens(tiny_mlm, task):
     method = make(tiny_mlm, task, patterns=["{text} It was {mask}."], verbalizer=MULTI_TOKEN)
-    lengths = {len(ids) for ids in method.bound[0].words.token_ids}
+    lengths = {len(ids) for ids in method.prompt.words.token_ids}
     assert len(lengths) > 1
     batch = only_batch(method, task.test[:3])
-    masks_per_row = (batch["input_ids"] == tiny_mlm.tokenizer.mask_token_id).sum(dim=1)
+    masks_per_row = (batch.input_ids == tiny_mlm.tokenizer.mask_token_id).sum(dim=1)
     assert sorted(masks_per_row.tolist()) == sorted(list(lengths) * 3)  # a row per word length, not per word
+    scorer = method.readout.scorer
     with torch.no_grad():
-        assert torch.allclose(method.scorer.word_scores(batch), method.scorer.full_vocabulary_word_scores(batch), atol=1e-4)
-        assert torch.allclose(method.prompt_scores(0, batch).softmax(-1), exact_label_distribution(method, batch), atol=1e-5)
+        assert torch.allclose(scorer.word_scores(batch), scorer.full_vocabulary_word_scores(batch), atol=1e-4)
+        assert torch.allclose(method(batch).softmax(-1), exact_label_distribution(method, batch), atol=1e-5)
 
 
 def test_causal_single_token_words_share_one_row_per_example(tiny_causal, task):
     method = make(tiny_causal, task, patterns=["Review: {text}\nSentiment: {mask}"])
     batch = only_batch(method, task.test[:5])
-    assert batch["input_ids"].shape[0] == 5 and not batch["target_normalize"].any()
+    assert batch.input_ids.shape[0] == 5 and not batch.target_normalize.any()
 
 
 def test_right_padding_does_not_change_scores(tiny_causal, tiny_mlm, task):
     short, long = Example("a delight"), Example("a long and winding story about nothing much at all, told slowly")
     for backbone in (tiny_causal, tiny_mlm):
         method = make(backbone, task, verbalizer=MULTI_TOKEN)
-        alone = score(method, method.featurize([short]))
-        together = score(method, method.featurize([short, long]))
+        alone = method.score_items(method.featurize([short]))
+        together = method.score_items(method.featurize([short, long]))
         assert torch.allclose(alone[0], together[0], atol=1e-5)
 
 
 def test_soft_token_positions_reach_the_batch_for_ptuning(tiny_mlm, tiny_causal, task):
-    class WithSoftTokens(PetMethod):
-        allows_soft_tokens = True
-
     for backbone in (tiny_mlm, tiny_causal):
-        method = WithSoftTokens(backbone, task, PetConfig(patterns=["[P*2] {text} [P] It was {mask}"], verbalizer=MULTI_TOKEN),
-                                BodyTraining.parse("frozen"))
+        options = {"patterns": ["[P*2] {text} [P] It was {mask}"], "verbalizer": MULTI_TOKEN}
+        method = build_method("ptuning", backbone, task, options, BodyTraining.parse("frozen"))
         batch = only_batch(method, task.test[:2])
-        assert batch["soft_mask"].sum(dim=1).tolist() == [3] * batch["input_ids"].shape[0]
-        placeholder = method.bound[0].renderer.placeholder_id
-        assert (batch["input_ids"][batch["soft_mask"]] == placeholder).all()
+        assert batch.soft_mask.sum(dim=1).tolist() == [3] * batch.input_ids.shape[0]
+        placeholder = method.prompt.renderer.placeholder_id
+        assert (batch.input_ids[batch.soft_mask] == placeholder).all()
 
 
 # ---------------------------------------------------------------- refusals
@@ -91,7 +95,7 @@ def test_soft_token_positions_reach_the_batch_for_ptuning(tiny_mlm, tiny_causal,
 
 def test_refusals_are_user_errors(tiny_encoder, tiny_causal, task):
     with pytest.raises(UserError, match="no language-model head"):
-        PetMethod.check_backbone(tiny_encoder)
+        method_spec("pet").check_backbone(tiny_encoder)
     with pytest.raises(UserError, match="soft tokens need --method ptuning"):
         make(tiny_causal, task, patterns=["[P*2] {text} It was {mask}"])
     with pytest.raises(UserError, match="uses {text_pair} but task 'sst-2' has single texts"):
@@ -104,7 +108,7 @@ def test_refusals_are_user_errors(tiny_encoder, tiny_causal, task):
     with pytest.raises(UserError, match="classification task"):
         make(tiny_causal, regression, patterns=["{text} {mask}"])
     with pytest.raises(UserError, match="--distil needs an ensemble"):
-        PetConfig(patterns=["{text} {mask}"], distil=True).validate()
+        make_config("pet", {"patterns": ["{text} {mask}"], "distil": True})
 
 
 def test_no_built_in_pattern_asks_for_one(tiny_causal):
@@ -112,7 +116,7 @@ def test_no_built_in_pattern_asks_for_one(tiny_causal):
     with pytest.raises(UserError, match="no built-in pattern for task 'mine'"):
         make(tiny_causal, custom)
     method = make(tiny_causal, custom, patterns=["{text} Answer: {mask}"])  # words default to the label names
-    assert method.prompts[0].verbalizer.words == {"a": ("a",), "b": ("b",)}
+    assert method.prompt.verbalizer.words == {"a": ("a",), "b": ("b",)}
 
 
 # ---------------------------------------------------------------- calibration
@@ -121,21 +125,21 @@ def test_no_built_in_pattern_asks_for_one(tiny_causal):
 def test_calibration_divides_by_the_content_free_distribution(tiny_causal, task):
     raw = make(tiny_causal, task, verbalizer=MULTI_TOKEN)
     calibrated = make(tiny_causal, task, verbalizer=MULTI_TOKEN, calibrate=True)
-    content_free = score(raw, raw.featurize([Example(t, t) for t in ("N/A", "", "[MASK]")])).softmax(-1).mean(0)
+    content_free = raw.score_items(raw.featurize([Example(t, t) for t in ("N/A", "", "[MASK]")])).softmax(-1).mean(0)
     items = raw.featurize(task.test)
-    expected = (score(raw, items).softmax(-1) / content_free)
+    expected = (raw.score_items(items).softmax(-1) / content_free)
     expected = expected / expected.sum(-1, keepdim=True)
-    assert torch.allclose(score(calibrated, items).softmax(-1), expected, atol=1e-5)
+    assert torch.allclose(calibrated.score_items(items).softmax(-1), expected, atol=1e-5)
 
 
 def test_calibration_is_recomputed_after_the_weights_change(tiny_mlm, task):
     method = make(tiny_mlm, task, training="full", calibrate=True)
     items = method.featurize(task.train)
-    score(method.eval(), items)
-    before = method._content_free[0].clone()
-    Trainer(method, TrainConfig(steps=2, body_lr=1e-2), progress=False, log=None).fit(items, task.targets(task.train))
-    score(method.eval(), items)
-    assert not torch.allclose(before, method._content_free[0])
+    method.eval().score_items(items)
+    before = method._content_free.clone()
+    Trainer(TrainConfig(steps=2, body_lr=1e-2), progress=False, log=None).fit(method, items, task.targets(task.train))
+    method.eval().score_items(items)
+    assert not torch.allclose(before, method._content_free)
 
 
 # ---------------------------------------------------------------- training
@@ -144,10 +148,10 @@ def test_calibration_is_recomputed_after_the_weights_change(tiny_mlm, task):
 def test_training_learns_the_toy_task(tiny_causal, task):
     method = make(tiny_causal, task, training="full", verbalizer=MULTI_TOKEN)
     items = method.featurize(task.train)
-    Trainer(method, TrainConfig(steps=12, body_lr=1e-2, batch_size=8), progress=False, log=None).fit(
+    Trainer(TrainConfig(steps=12, body_lr=1e-2, batch_size=8), progress=False, log=None).fit(method,
         items, task.targets(task.train)
     )
-    metrics, _ = evaluate(method, items, task.targets(task.train))
+    metrics, _ = evaluate(method, task.train, task.targets(task.train))
     assert metrics["accuracy"] == 1.0
 
 
@@ -155,16 +159,16 @@ def test_lora_trains_adapters_only(tiny_mlm, task):
     method = make(tiny_mlm, task, training="lora")
     names = [name for name, p in method.named_parameters() if p.requires_grad]
     assert names and all("lora_" in name for name in names)
-    assert method.param_groups(None, None)[0]["lr"] == PetMethod.default_rates["lora"]
+    assert optimizer_groups(method, TrainConfig())[0]["lr"] == BODY_RATES["lora"]
 
 
 def test_auxiliary_language_modelling_loss(tiny_mlm, tiny_causal, task):
     for backbone in (tiny_mlm, tiny_causal):
         method = make(backbone, task, training="full", aux_lm_weight=0.5)
-        assert method.auxiliary_loss() is None  # nothing to read before training starts
-        method.auxiliary_items = method.featurize(task.train)
+        assert auxiliary_loss(method, [])() is None  # nothing to read
+        auxiliary = auxiliary_loss(method, method.featurize(task.train))
         method.train()
-        loss = method.auxiliary_loss()
+        loss = auxiliary()
         assert loss.requires_grad and 0 < loss.item() < 0.5 * 20
         loss.backward()
         assert method.model.get_input_embeddings().weight.grad is not None
@@ -178,31 +182,26 @@ PATTERNS = ["{text} It was {mask}.", "{text} All in all, it was {mask}."]
 
 def test_an_ensemble_averages_its_members_distributions(tiny_mlm, task):
     method = make(tiny_mlm, task, patterns=PATTERNS)
-    method.ensemble.weights = torch.tensor([0.25, 0.75])
-    items = method.featurize(task.test)
-    members = []
-    for index in range(2):
-        method.in_use = [index]
-        members.append(score(method, items).softmax(-1))
-    method.in_use = [0, 1]
+    method.weights = torch.tensor([0.25, 0.75])
+    members = [member.label_scores(task.test).softmax(-1) for member in method.members]
     expected = 0.25 * members[0] + 0.75 * members[1]
-    assert torch.allclose(score(method, items).softmax(-1), expected, atol=1e-5)
+    assert torch.allclose(method.label_scores(task.test).softmax(-1), expected, atol=1e-5)
 
 
 def test_ensemble_members_train_separately_and_reload_with_the_same_predictions(tiny_mlm, task):
     method = make(tiny_mlm, task, training="bitfit", patterns=PATTERNS, ensemble_weighting="dev")
     items, targets = method.featurize(task.train), task.targets(task.train)
-    trainer = Trainer(method, TrainConfig(steps=3, body_lr=1e-2), progress=False, log=None)
-    result = method.fit(trainer, items, targets, items, targets)
+    trainer = Trainer(TrainConfig(steps=3, body_lr=1e-2), progress=False, log=None)
+    result = fit(method, trainer, items, targets, items, targets)
     assert {row["phase"] for row in result.history} == {0, 1} and result.steps == 6
-    first, second = method.ensemble.members
+    first, second = method.states
     assert first.keys() == second.keys() and any(not torch.equal(first[k], second[k]) for k in first)
     state = method.trainable_state_dict()
     assert "ensemble.weights" in state and all(k.startswith(("members.", "ensemble.")) for k in state)
-    expected = score(method, items)
+    expected = method.score_items(items)
     fresh = make(_same_tiny(tiny_mlm), task, training="bitfit", patterns=PATTERNS)
     fresh.load_trainable_state_dict(state)
-    assert torch.allclose(score(fresh, items), expected, atol=1e-5)
+    assert torch.allclose(fresh.score_items(items), expected, atol=1e-5)
 
 
 def _same_tiny(backbone):
@@ -217,13 +216,13 @@ def test_distillation_leaves_one_model_trained_on_soft_labels(tiny_mlm, task, tm
     unlabelled.write_text("".join(json.dumps({"text": e.text}) + "\n" for e in task.train))
     method = make(tiny_mlm, task, training="bitfit", patterns=PATTERNS, distil=True, unlabelled=str(unlabelled))
     items, targets = method.featurize(task.train), task.targets(task.train)
-    trainer = Trainer(method, TrainConfig(steps=2, body_lr=1e-2), progress=False, log=None)
-    result = method.fit(trainer, items, targets, items, targets)
+    trainer = Trainer(TrainConfig(steps=2, body_lr=1e-2), progress=False, log=None)
+    result = fit(method, trainer, items, targets, items, targets)
     assert {row["phase"] for row in result.history} == {0, 1, 2}
-    assert method.in_use == [0] and method.ensemble.distilled and not method.ensemble.members
+    assert method.distilled and not method.states
     state = method.trainable_state_dict()
     assert all(k.startswith("distilled.") for k in state)
-    assert set(method.collate(items[:2])["prompts"]) == {0}
+    assert method.active == method.members[:1] and len(method.featurize(task.train[:2])) == 1  # the first pattern only
 
 
 # ---------------------------------------------------------------- built-in prompts
@@ -282,8 +281,8 @@ def test_zero_shot_and_training_on_real_models_through_the_api(tmp_path, small_t
 @pytest.mark.slow
 def test_smollm2_zero_shot_reads_sentiment_from_the_built_in_pattern(smollm2, task):
     method = make(smollm2, task)
-    assert str(method.prompts[0].pattern) == "Review: {text}\nSentiment: {mask}"
-    metrics, _ = evaluate(method, method.featurize(task.train), task.targets(task.train))
+    assert str(method.prompt.pattern) == "Review: {text}\nSentiment: {mask}"
+    metrics, _ = evaluate(method, task.train, task.targets(task.train))
     assert metrics["accuracy"] >= 0.75  # 8 plain sentences; zero-shot SST-2 on this pattern is ~78%
 
 

@@ -12,8 +12,8 @@ import torch
 from conftest import _tiny
 from pretune.backbones import load_backbone
 from pretune.cli import main
+from pretune.cloze.pattern import Pattern
 from pretune.errors import UserError
-from pretune.patterns import Pattern
 from pretune.probe.facts import Fact, read_facts, require_single_token, single_token_facts
 from pretune.probe.prober import Prober, ProbeSetup
 from pretune.probe.relations import LAMA_TEMPLATES, REPHRASED, anchored_from, manual_prompt, soft_template
@@ -105,14 +105,14 @@ def test_vocabulary_logits_are_the_models_own_at_the_answer_position(kind):
     backbone = tiny(kind)
     prober = Prober(backbone, ProbeSetup(manual_prompt("P36", kind)))
     items = [prober.item(Fact(s, o, "P36"), 5) for s, o in CAPITALS[:3]]
-    batch = prober.collate(items)
+    batch, _ = prober.collate(items)
     with torch.no_grad():
         logits = prober(batch)
-        full = backbone.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        full = backbone.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert logits.shape == (3, len(backbone.tokenizer))
-    torch.testing.assert_close(logits, full[torch.arange(3), batch["read"]], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, full[batch.target_row, batch.target_position], rtol=1e-4, atol=1e-4)
     if kind == "causal":  # the next token after "... is": the last token of the rendered prompt
-        assert all(item["read"] == len(item["ids"]) - 1 for item in items)
+        assert batch.target_position.tolist() == [len(item["rendered"].prefix) - 1 for item in items]
 
 
 @pytest.mark.parametrize("kind", ["mlm", "causal"])
@@ -123,8 +123,8 @@ def test_soft_tokens_started_from_the_prompts_words_answer_like_the_manual_promp
     anchored = Prober(backbone, ProbeSetup(anchored_from(manual), "soft", "lstm"))
     facts = [Fact(s, o, "P19") for s, o in CAPITALS[:4]]
     with torch.no_grad():
-        expected = plain(plain.collate([plain.item(f, 1) for f in facts]))
-        got = anchored(anchored.collate([anchored.item(f, 1) for f in facts]))
+        expected = plain(plain.collate([plain.item(f, 1) for f in facts])[0])
+        got = anchored(anchored.collate([anchored.item(f, 1) for f in facts])[0])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -198,13 +198,13 @@ def test_bert_tiny_probes_two_relations_end_to_end_and_resumes(lama, tmp_path, c
     (["--relations", "P36,P999"], "--relations: P999 not in"),
     (["--data", "/nonexistent/trex"], "--data /nonexistent/trex: no such folder"),
     (["--out", "{taken}"], "exists and is not a probe folder"),
-    ([], "unknown model 'no-such-model'"),
+    ([], "model not found: /nonexistent/model"),
 ])
 def test_bad_probe_options_fail_with_one_line_before_any_model_loads(lama, tmp_path, capsys, options, message):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
-    argv = ["probe", "--data", str(lama), "--model", "no-such-model", "--out", str(tmp_path / "out"), "--quiet"]
+    argv = ["probe", "--data", str(lama), "--model", "/nonexistent/model", "--out", str(tmp_path / "out"), "--quiet"]
     assert main(argv + [o.replace("{taken}", str(taken)) for o in options]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and message in error

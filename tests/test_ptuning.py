@@ -9,14 +9,14 @@ import torch
 from conftest import _tiny, sentiment_task
 from pretune.api import RunConfig, evaluate_untrained, load_run, resume_run, train_run
 from pretune.cli import main
+from pretune.cloze.prompt import built_in_prompts, ptuning_template
+from pretune.cloze.soft import ENCODERS
 from pretune.data import Example
 from pretune.errors import UserError
-from pretune.methods import PetConfig, PetMethod, PtuningConfig, PtuningMethod
-from pretune.methods.ptuning import ENCODER_RATES
-from pretune.prompt_encoders import ENCODERS
+from pretune.methods import ClozeMethod, build_method
+from pretune.methods.cloze import DEFAULT_BODY_RATE, ENCODER_RATES
 from pretune.runs import load_weights
-from pretune.task_defaults import built_in_prompts, ptuning_template
-from pretune.train import TrainConfig, Trainer, score
+from pretune.training.trainer import TrainConfig, Trainer, optimizer_groups
 from pretune.tuning import BodyTraining
 from run_folders import assert_same_run
 
@@ -24,18 +24,22 @@ ANCHORED = "{text} It [P:was] {mask}."  # one soft token, starting as the word "
 TEMPLATE = "[P*2]{text} [P] It was {mask}."
 
 
-def make(backbone, task, training="frozen", **options) -> PtuningMethod:
-    return PtuningMethod(backbone, task, PtuningConfig(**options), BodyTraining.parse(training))
+def make(backbone, task, training="frozen", **options) -> ClozeMethod:
+    return build_method("ptuning", backbone, task, options, BodyTraining.parse(training))
 
 
 def pet(backbone, task, pattern):
-    return PetMethod(backbone, task, PetConfig(patterns=[pattern]), BodyTraining.parse("frozen"))
+    return build_method("pet", backbone, task, {"patterns": [pattern]}, BodyTraining.parse("frozen"))
+
+
+def groups_of(method, **rates):
+    return {g["name"]: g for g in optimizer_groups(method, TrainConfig(**rates))}
 
 
 def train(method, task, steps=6, **settings):
     items = method.featurize(task.train)
     config = TrainConfig(steps=steps, batch_size=8, **{"lr": 3e-2, **settings})
-    return Trainer(method, config, progress=False, log=None).fit(items, task.targets(task.train))
+    return Trainer(config, progress=False, log=None).fit(method, items, task.targets(task.train))
 
 
 # ---------------------------------------------------------------- soft tokens and encoders
@@ -47,16 +51,16 @@ def test_untrained_prompt_of_anchor_words_scores_exactly_like_pet_with_those_wor
     for backbone in (tiny_mlm, tiny_causal):
         reference = pet(backbone, task, "{text} It was {mask}.")
         method = make(backbone, task, patterns=[ANCHORED], encoder=encoder)
-        expected = score(reference, reference.featurize(task.test))
-        assert torch.allclose(score(method, method.featurize(task.test)), expected, atol=1e-5)
+        expected = reference.score_items(reference.featurize(task.test))
+        assert torch.allclose(method.score_items(method.featurize(task.test)), expected, atol=1e-5)
 
 
 def test_soft_tokens_replace_the_embeddings_at_their_positions_in_every_row(tiny_causal, task):
     method = make(tiny_causal, task, patterns=[TEMPLATE], verbalizer="positive=great,phenomenally negative=bad")
-    batch = method.collate(method.featurize(task.test[:3]))["prompts"][0]
-    embeds = method.input_embeddings(0, batch)
-    plain = tiny_causal.model.get_input_embeddings()(batch["input_ids"])
-    soft = batch["soft_mask"]
+    batch = method.collate(method.featurize(task.test[:3]))
+    embeds = method.input.body_inputs(method.model, batch)["inputs_embeds"]
+    plain = tiny_causal.model.get_input_embeddings()(batch.input_ids)
+    soft = batch.soft_mask
     prompt = method.soft_prompt()
     assert soft.sum(dim=1).tolist() == [3] * soft.shape[0]  # several rows per example (multi-token words)
     for row in range(soft.shape[0]):
@@ -97,12 +101,12 @@ def test_training_the_prompt_lowers_the_training_loss(tiny_causal, task):
 
 def test_joint_training_has_a_higher_rate_for_the_prompt_than_for_the_body(tiny_mlm, task):
     method = make(tiny_mlm, task, training="full", patterns=[TEMPLATE])
-    groups = {g["name"]: g for g in method.param_groups(None, None)}
-    assert groups["prompt"]["lr"] == ENCODER_RATES["lstm"] > groups["body"]["lr"] == PtuningMethod.default_body_lr
+    groups = groups_of(method)
+    assert groups["prompt"]["lr"] == ENCODER_RATES["lstm"] > groups["body"]["lr"] == DEFAULT_BODY_RATE
     prompt_tuning = make(_tiny("mlm", "bert-tiny"), task, patterns=[TEMPLATE], encoder="none")
-    assert prompt_tuning.param_groups(None, None)[0]["lr"] == ENCODER_RATES["none"]
+    assert groups_of(prompt_tuning)["prompt"]["lr"] == ENCODER_RATES["none"]
     assert {id(p) for p in groups["prompt"]["params"]} == {id(p) for p in method.soft_prompt.parameters()}
-    groups = {g["name"]: g for g in method.param_groups(2e-2, 3e-5)}
+    groups = groups_of(method, lr=2e-2, body_lr=3e-5)
     assert (groups["prompt"]["lr"], groups["body"]["lr"]) == (2e-2, 3e-5)
     train(method, task, steps=2, lr=1e-2, body_lr=1e-3)
     assert method.model.get_input_embeddings().weight.grad is not None  # the body trains too
@@ -112,16 +116,17 @@ def test_head_readout_reads_the_mask_or_the_token_before_the_label(tiny_mlm, tin
     for backbone in (tiny_mlm, tiny_causal):
         method = make(backbone, task, patterns=["[P*2]{text} It was {mask}, truly."], readout="head").eval()
         items = method.featurize(task.test[:2])
-        batch = method.collate(items)["prompts"][0]
-        assert batch["input_ids"].shape[0] == 2 and len(batch["target_row"]) == 2  # one row, one position each
+        batch = method.collate(items)
+        assert batch.input_ids.shape[0] == 2 and len(batch.target_row) == 2  # one row, one position each
         with torch.no_grad():
-            hidden = backbone.body(inputs_embeds=method.input_embeddings(0, batch), attention_mask=batch["attention_mask"])
-            rendered = items[0]["rendered"][0]
+            inputs_embeds = method.input.body_inputs(method.model, batch)["inputs_embeds"]
+            hidden = backbone.body(inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask)
+            rendered = items[0]
             position = len(rendered.prefix) if backbone.kind == "mlm" else len(rendered.prefix) - 1
             expected = method.head(hidden.last_hidden_state[0, position])
             assert torch.allclose(method(method.collate(items[:1]))[0], expected, atol=1e-5)
         if backbone.kind == "causal":  # nothing after the label can matter to a causal LM: not even fed
-            assert batch["attention_mask"][0].sum() == len(rendered.prefix)
+            assert batch.attention_mask[0].sum() == len(rendered.prefix)
 
 
 # ---------------------------------------------------------------- materialisation and saving
@@ -133,17 +138,17 @@ def test_finalize_materialises_the_prompt_and_a_fresh_method_loads_it(tiny_mlm, 
     train(method, task, steps=3)
     trained = method.trainable_parameter_count()
     items = method.featurize(task.test)
-    before = score(method, items)
+    before = method.score_items(items)
     method.finalize()
     state = method.trainable_state_dict()
     assert sorted(state) == ["head.1.bias", "head.1.weight", "soft_prompt.embeddings"]
     assert state["soft_prompt.embeddings"].shape == (3, tiny_mlm.hidden_size)
     assert method.trainable_parameter_count() == trained  # what trained, reported after materialising
-    assert torch.allclose(score(method, items), before, atol=1e-5)
+    assert torch.allclose(method.score_items(items), before, atol=1e-5)
     fresh = make(_tiny("mlm", "bert-tiny"), task, patterns=[TEMPLATE], encoder=encoder, readout="head")
     fresh.load_trainable_state_dict(state)
     assert fresh.soft_prompt.materialized
-    assert torch.allclose(score(fresh, items), before, atol=1e-5)
+    assert torch.allclose(fresh.score_items(items), before, atol=1e-5)
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
@@ -167,10 +172,22 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
 
 def test_prompt_length_puts_soft_tokens_in_front_of_the_pet_pattern(tiny_causal, task):
     method = make(tiny_causal, task, encoder="none", prompt_length=5)
-    assert str(method.prompts[0].pattern) == "[P*5]Review: {text}\nSentiment: {mask}"
+    assert str(method.prompt.pattern) == "[P*5]Review: {text}\nSentiment: {mask}"
     method = make(tiny_causal, task)  # no template given: the built-in one, made from the PET pattern
-    assert method.prompts[0].pattern == ptuning_template(built_in_prompts("sst-2", "causal")[0].pattern)
-    assert method.prompts[0].verbalizer.words == {"negative": ("negative",), "positive": ("positive",)}
+    assert method.prompt.pattern == ptuning_template(built_in_prompts("sst-2", "causal")[0].pattern)
+    assert method.prompt.verbalizer.words == {"negative": ("negative",), "positive": ("positive",)}
+
+
+def test_prompt_tuning_is_ptuning_without_an_encoder(tiny_causal, task):
+    torch.manual_seed(1)
+    preset = build_method("prompt-tuning", tiny_causal, task, {"prompt_length": 3})
+    torch.manual_seed(1)
+    spelled_out = build_method("ptuning", tiny_causal, task, {"encoder": "none", "prompt_length": 3})
+    assert preset.soft_prompt.encoder is None and torch.equal(preset.soft_prompt(), spelled_out.soft_prompt())
+    items = preset.featurize(task.test)
+    assert torch.equal(preset.score_items(items), spelled_out.score_items(items))
+    with pytest.raises(UserError, match="method 'prompt-tuning' has no option encoder"):
+        build_method("prompt-tuning", tiny_causal, task, {"encoder": "lstm"})
 
 
 @pytest.mark.parametrize(
@@ -182,7 +199,7 @@ def test_prompt_length_puts_soft_tokens_in_front_of_the_pet_pattern(tiny_causal,
         ({"encoder": "gru"}, "unknown --encoder 'gru'"),
         ({"readout": "cls"}, "unknown --readout 'cls'"),
         ({"readout": "head", "calibrate": True}, "does not apply to --readout head"),
-        ({"aux_lm_weight": 1e-4}, "--aux-lm-weight is PET's"),
+        ({"aux_lm_weight": 1e-4}, "method 'ptuning' has no option aux_lm_weight"),  # PET's auxiliary loss
         ({"prompt_length": 0}, "--prompt-length must be at least 1"),
         ({"patterns": ["[P:\u2603] {text} It was {mask}."]}, "no token for '\u2603'"),
     ],

@@ -3,7 +3,8 @@ import torch
 
 from pretune.errors import UserError
 from pretune.methods import HeadConfig, HeadMethod
-from pretune.train import TrainConfig, Trainer, _linear_schedule, evaluate, loss_fn, set_seed, target_tensor
+from pretune.training.evaluation import evaluate
+from pretune.training.trainer import TrainConfig, Trainer, _linear_schedule, loss_fn, set_seed, target_tensor
 from pretune.tuning import BodyTraining
 
 
@@ -12,7 +13,7 @@ def fit(backbone, task, **config):
     method = HeadMethod(backbone, task, HeadConfig(), BodyTraining.parse("frozen"))
     items = method.featurize(task.train, progress=False)
     targets = task.targets(task.train)
-    result = Trainer(method, TrainConfig(**config), progress=False, log=None).fit(items, targets, items, targets)
+    result = Trainer(TrainConfig(**config), progress=False, log=None).fit(method, items, targets, items, targets)
     return method, items, result
 
 
@@ -21,7 +22,7 @@ def test_loss_falls_and_best_dev_state_is_kept(tiny_causal, task):
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < losses[0]
     assert result.best_dev == max(row["dev_accuracy"] for row in result.history)
-    assert evaluate(method, items, task.targets(task.train))[0]["accuracy"] == result.best_dev
+    assert evaluate(method, task.train, task.targets(task.train))[0]["accuracy"] == result.best_dev
 
 
 def test_same_seed_same_result_and_other_seed_differs(tiny_mlm, task):

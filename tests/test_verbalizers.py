@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from pretune.cloze.verbalizer import Verbalizer, aggregate, tokenize_label_words
 from pretune.errors import UserError
-from pretune.verbalizers import Verbalizer, aggregate, tokenize_label_words
 
 
 @pytest.fixture(scope="module")

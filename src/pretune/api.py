@@ -20,13 +20,16 @@ import torch
 
 from . import __version__
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
-from .checkpoint import Checkpointer
 from .data import Columns, Example, Task, few_shot_task, load_task
-from .distributed import processes
 from .errors import UserError
-from .methods import Method, make_config, method_class
+from .methods import Method, build_methods, make_config, method_spec
 from .runs import RunFolder, guarded, open_completed, open_resumable
-from .train import TrainConfig, Trainer, evaluate, resolve_device, score, set_seed
+from .training import recipes
+from .training.checkpoint import Checkpointer
+from .training.distributed import processes
+from .training.evaluation import evaluate
+from .training.recipes import PatternEnsemble
+from .training.trainer import TrainConfig, Trainer, resolve_device, set_seed
 from .tuning import BodyTraining
 
 log = logging.getLogger("pretune")
@@ -51,7 +54,7 @@ class RunConfig:
     training: TrainConfig = field(default_factory=TrainConfig)
 
     def body_training(self) -> BodyTraining:
-        spec = self.train or method_class(self.method).default_training
+        spec = self.train or method_spec(self.method).default_training
         return BodyTraining.parse(spec, lora_r=self.lora_r, lora_alpha=self.lora_alpha)
 
     def to_dict(self) -> dict:
@@ -60,11 +63,14 @@ class RunConfig:
         return data
 
 
+Tuned = Method | PatternEnsemble  # what a run trains and predicts with
+
+
 @dataclass
 class RunResult:
     folder: Path | None
     metrics: dict
-    method: Method
+    method: Tuned
 
 
 # ---------------------------------------------------------------- building blocks
@@ -86,16 +92,19 @@ def validate(config: RunConfig, task: Task):
     method_config = make_config(config.method, dict(config.method_options), task=task)
     training = config.body_training()
     config.training.validate()
+    if config.training.lr is not None and method_config.default_rates(training).own is None:
+        raise UserError(f"--lr sets the rate of a method's own parameters (head, prompt); --method {config.method} "
+                        "adds none: set the body's rate with --body-lr")
     return method_config, training
 
 
-def build_method(config: RunConfig, task: Task, backbone: Backbone | None = None) -> Method:
+def build_method(config: RunConfig, task: Task, backbone: Backbone | None = None) -> Tuned:
+    """The run's method, or the ensemble of its members (a pattern ensemble), built from the seed."""
     method_config, training = validate(config, task)
-    cls = method_class(config.method)
     backbone = backbone or load_backbone(config.model)
-    cls.check_backbone(backbone)
+    method_spec(config.method).check_backbone(backbone)
     set_seed(config.training.seed)  # new parameters (head, prompt encoder) start from the seed too
-    return cls(backbone, task, method_config, training)
+    return recipes.tuned(build_methods(config.method, backbone, task, method_config, training))
 
 
 # ---------------------------------------------------------------- the main job
@@ -154,7 +163,7 @@ def _train_and_evaluate(config, task, run, progress, backbone, checkpoints=None)
     handler = _attach_log(run)
     try:
         method = build_method(config, task, backbone)
-        trainer = Trainer(method, config.training, progress=progress, log=log.info, checkpoints=checkpoints)
+        trainer = Trainer(config.training, progress=progress, log=log.info, checkpoints=checkpoints)
         method.to(trainer.device)
         start = time.perf_counter()
         train_items = method.featurize(task.train, progress=progress)
@@ -162,7 +171,7 @@ def _train_and_evaluate(config, task, run, progress, backbone, checkpoints=None)
         # With a frozen body this is the encoding pass itself: part of what training costs.
         featurize_seconds = time.perf_counter() - start
         dev_targets = task.targets(task.dev) if task.dev else None
-        result = method.fit(trainer, train_items, task.targets(task.train), dev_items, dev_targets)
+        result = recipes.fit(method, trainer, train_items, task.targets(task.train), dev_items, dev_targets)
         method.finalize()
         metrics = {"train": {**_train_summary(result), "featurize_seconds": featurize_seconds}}
         group = processes()
@@ -189,15 +198,14 @@ def evaluate_untrained(config: RunConfig, progress: bool = True, backbone: Backb
     return _evaluate_splits(method, task, config, progress, None)
 
 
-def _evaluate_splits(method: Method, task: Task, config: RunConfig, progress: bool, run: RunFolder | None) -> dict:
+def _evaluate_splits(method: Tuned, task: Task, config: RunConfig, progress: bool, run: RunFolder | None) -> dict:
     out = {}
     for split in ("dev", "test"):
         examples = getattr(task, split)
         if not examples:
             continue
         start = time.perf_counter()
-        items = method.featurize(examples, progress=progress)
-        split_metrics, scores = evaluate(method, items, task.targets(examples), config.training.eval_batch_size, progress)
+        split_metrics, scores = evaluate(method, examples, task.targets(examples), config.training.eval_batch_size, progress)
         seconds = time.perf_counter() - start
         out[split] = {**split_metrics, "examples": len(examples), "examples_per_second": len(examples) / seconds}
         log.info("%s %s", split, "  ".join(f"{k} {v:.4f}" for k, v in split_metrics.items()))
@@ -218,7 +226,7 @@ def _train_summary(result) -> dict:
     }
 
 
-def _sizes(method: Method) -> dict:
+def _sizes(method: Tuned) -> dict:
     return {
         "trainable_parameters": method.trainable_parameter_count(),
         "total_parameters": sum(p.numel() for p in method.parameters()),
@@ -261,7 +269,7 @@ def _row(example: Example, **values) -> dict:
 class Predictor:
     """A trained run, reloaded: labels new examples with probabilities."""
 
-    def __init__(self, method: Method, config: RunConfig, folder: Path):
+    def __init__(self, method: Tuned, config: RunConfig, folder: Path):
         self.method, self.config, self.folder = method, config, folder
 
     @property
@@ -269,8 +277,7 @@ class Predictor:
         return self.method.task
 
     def scores(self, examples: list[Example], progress: bool = False) -> torch.Tensor:
-        items = self.method.featurize(examples, progress=progress)
-        return score(self.method, items, self.config.training.eval_batch_size, progress)
+        return self.method.label_scores(examples, self.config.training.eval_batch_size, progress)
 
     def predict(self, examples: list[Example], progress: bool = False) -> list[dict]:
         return prediction_rows(self.task, examples, self.scores(examples, progress))

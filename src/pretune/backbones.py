@@ -145,11 +145,7 @@ def resolve(spec: str) -> str:
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise UserError(f"model not found: {spec} (no such file or folder)")
-    known = ", ".join(PACKAGED)
-    if "/" not in spec and spec not in PACKAGED:
-        # A bare word that is not a packaged name is far more often a typo than a hub model.
-        raise UserError(f"unknown model '{spec}': not a packaged model ({known}), a folder, a .gguf file or a hub id")
-    return spec  # a hub id such as "bert-base-uncased" or "org/model"
+    return spec  # a hub id such as "gpt2", "roberta-base" or "org/model": loading tells whether it exists
 
 
 def package_folder(model: PackagedModel) -> Path | None:
@@ -264,7 +260,8 @@ def _load_or_explain(load, target: str, spec: str, **kwargs):
         return load(target, **kwargs)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot load model '{spec}': {reason}") from None
+        packaged = "" if spec in PACKAGED or "/" in spec else f" (packaged models: {', '.join(PACKAGED)})"
+        raise UserError(f"cannot load model '{spec}': {reason}{packaged}") from None
 
 
 def _ensure_pad_token(tokenizer) -> None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
+from .bench.command import add_bench_parser, cmd_bench
+from .console import quiet_libraries
 from .errors import UserError
 from .probe.command import add_probe_parser, cmd_probe
 
@@ -19,7 +19,7 @@ from .probe.command import add_probe_parser, cmd_probe
 # method's config, and a method refuses options it does not have. Type `list`: the flag may be
 # repeated; type `bool`: a switch.
 METHOD_OPTIONS = [
-    ("--head", "head", str, "head, and ptuning/deep-prompt with --readout head: linear | mlp"),
+    ("--head", "head", str, "head, and the prompt methods with --readout head: linear | mlp"),
     ("--hidden", "hidden", int, "head: hidden width of the MLP head"),
     ("--dropout", "dropout", float, "head: dropout before the head"),
     ("--pooling", "pooling", str, "head: auto | cls | last | mean"),
@@ -36,10 +36,18 @@ METHOD_OPTIONS = [
     ("--distil-temperature", "distil_temperature", float, "pet: softens the ensemble's soft labels (PET: 2)"),
     ("--encoder", "encoder", str, "ptuning: prompt encoder of the soft tokens: lstm | mlp | none (the embeddings train)"),
     ("--prompt-length", "prompt_length", int,
-     "ptuning: soft tokens put in front of the pattern (prompt tuning); deep-prompt: prefix vectors at every layer"),
+     "ptuning, prompt-tuning: soft tokens put in front of the pattern; deep-prompt: prefix vectors at every layer (16)"),
     ("--reparam", "reparam", bool, "deep-prompt: train the prefixes through an MLP (materialised after training)"),
-    ("--readout", "readout", str, "ptuning, deep-prompt: label scores from the verbalizer's words, or a head: verbalizer | head"),
+    ("--readout", "readout", str, "ptuning, prompt-tuning, deep-prompt: label scores from the verbalizer's words, or a head: verbalizer | head"),
 ]
+
+
+# Each method's default learning rates, as --help shows them (see methods.cloze and methods.head).
+RATE_DEFAULTS = {
+    "lr": "head 1e-3; ptuning 3e-4 (1e-2 with --encoder none); prompt-tuning 1e-2; deep-prompt 1e-3; "
+          "pet adds no parameters of its own (--lr is refused)",
+    "body_lr": "head 2e-5; the cloze methods 1e-5 (5e-4 with --train lora, 1e-3 with --train bitfit)",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("models", help="list the packaged models and whether they are installed")
 
-    _add_bench_parser(commands)
+    add_bench_parser(commands, _add_column_arguments)
     add_probe_parser(commands)
 
     demo = commands.add_parser("demo", help="the main job in small: few-shot SST-2 on the default model")
@@ -86,28 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="where the demo's run folders go")
     demo.add_argument("--quick", action="store_true", help="the packaged example set and a few steps per arm (for tests)")
     return parser
-
-
-def _add_bench_parser(commands) -> None:
-    bench = commands.add_parser(
-        "bench", help="few-shot benchmark (LM-BFF protocol): every arm x seed on tasks, with baselines; tables and plots"
-    )
-    bench.add_argument("--task", help="task(s), comma-separated: benchmark names (sst-2), task folders or data files")
-    bench.add_argument("--model", default="smollm2-135m", help="packaged name, folder, .gguf file or hub id")
-    bench.add_argument("--methods", help="arms to run, comma-separated (default: every arm; see --list-arms)")
-    bench.add_argument("--seeds", default="13,21,42,87,100", help="seeds: split K-<seed> and training seed")
-    bench.add_argument("--shots", type=int, help="sample K examples per class per seed (datasets without splits)")
-    bench.add_argument("--steps", type=int, default=100, help="optimizer steps of every trained arm")
-    bench.add_argument("--batch-size", type=int, default=8)
-    bench.add_argument("--eval-batch-size", type=int, default=32)
-    bench.add_argument("--threads", type=int, help="torch threads in each run (default: torch's own choice)")
-    bench.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (default 1)")
-    bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    bench.add_argument("--out", help="results folder (an earlier benchmark's folder continues where it stopped)")
-    bench.add_argument("--list-arms", action="store_true", help="list the arms and whether they can run here")
-    bench.add_argument("--report-only", action="store_true", help="rewrite the report from --out's results; run nothing")
-    bench.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_column_arguments(bench)
 
 
 def _add_column_arguments(parser) -> None:
@@ -125,7 +111,7 @@ def _add_run_arguments(parser, task_required: bool = True) -> None:
 
     model = parser.add_argument_group("model and method")
     model.add_argument("--model", default="smollm2-135m", help="packaged name, folder, .gguf file or hub id")
-    model.add_argument("--method", default="head", help="head | pet | ptuning | deep-prompt")
+    model.add_argument("--method", default="head", help="head | pet | ptuning | prompt-tuning | deep-prompt")
     model.add_argument("--train", dest="body", help="which body parameters train: frozen | full | bitfit | lora | last:N")
     model.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
     model.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
@@ -138,9 +124,12 @@ def _add_run_arguments(parser, task_required: bool = True) -> None:
     training.add_argument("--batch-size", type=int, default=8)
     training.add_argument("--eval-batch-size", type=int, default=32)
     training.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    training.add_argument("--lr", type=float, help="learning rate of the method's own parameters (head, prompt)")
-    training.add_argument("--body-lr", type=float, help="learning rate of the trainable body parameters")
-    training.add_argument("--weight-decay", type=float, default=0.01)
+    training.add_argument("--lr", type=float, help="learning rate of the method's own parameters (head, prompt); "
+                          "default: " + RATE_DEFAULTS["lr"])
+    training.add_argument("--body-lr", type=float, help="learning rate of the trainable body parameters; "
+                          "default: " + RATE_DEFAULTS["body_lr"])
+    training.add_argument("--weight-decay", type=float, default=0.01,
+                          help="AdamW weight decay of every method's parameters, except the body's biases and norms")
     training.add_argument("--warmup-ratio", type=float, default=0.06)
     training.add_argument("--max-grad-norm", type=float, default=1.0)
     training.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: each epoch)")
@@ -162,7 +151,7 @@ def _add_method_option(group, flag: str, dest: str, kind, text: str) -> None:
 
 def run_config_from_args(args):
     from .api import RunConfig
-    from .train import TrainConfig
+    from .training.trainer import TrainConfig
 
     options = {dest: getattr(args, f"opt_{dest}") for _, dest, _, _ in METHOD_OPTIONS}
     options = {k: v for k, v in options.items() if v is not None}
@@ -205,7 +194,7 @@ def run_config_from_args(args):
 
 def cmd_train(args) -> int:
     from .api import resume_run, train_run
-    from .distributed import processes
+    from .training.distributed import processes
 
     if args.resume:
         _refuse_options_beside_resume(args)
@@ -259,15 +248,14 @@ def cmd_eval(args) -> int:
 def _evaluate_run(args) -> dict:
     from .api import load_run
     from .data import Columns, check_labels, read_examples
-    from .train import evaluate
+    from .training.evaluation import evaluate
 
     if not args.input:
         raise UserError("eval --run needs --input FILE (labelled data)")
     predictor = load_run(args.run, device=args.device)
     examples = read_examples(args.input, Columns(args.text_field, args.pair_field, args.label_field))
     check_labels(examples, predictor.task.labels, "input")
-    items = predictor.method.featurize(examples, progress=not args.quiet)
-    metrics, _ = evaluate(predictor.method, items, predictor.task.targets(examples), progress=not args.quiet)
+    metrics, _ = evaluate(predictor.method, examples, predictor.task.targets(examples), progress=not args.quiet)
     return {"input": str(args.input), "examples": len(examples), **metrics}
 
 
@@ -304,62 +292,6 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from .arms import ARMS
-    from .bench import BenchConfig, run_bench
-
-    if args.list_arms:
-        for name, arm in ARMS.items():
-            reason = arm.unavailable_reason()
-            print(f"{name:<13} {arm.family:<13} {'not available: ' + reason if reason else arm.about}")
-        return 0
-    if not args.task or not args.out:
-        raise UserError("bench needs --task and --out (or --list-arms)")
-    config = BenchConfig(
-        tasks=_comma_list(args.task, "--task"),
-        out=Path(args.out),
-        model=args.model,
-        arms=_comma_list(args.methods, "--methods") if args.methods else list(ARMS),
-        seeds=[_integer(seed, "--seeds") for seed in _comma_list(args.seeds, "--seeds")],
-        steps=args.steps,
-        batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size,
-        shots=args.shots,
-        device=args.device,
-        threads=args.threads,
-        jobs=args.jobs,
-        text_field=args.text_field,
-        pair_field=args.pair_field,
-        label_field=args.label_field,
-        progress=not args.quiet,
-        report_only=args.report_only,
-    )
-    outcome = run_bench(config)
-    for name, reason in outcome.skipped_arms.items():
-        print(f"skipped {name}: {reason}", file=sys.stderr)
-    print(f"{outcome.ran} runs done, {outcome.reused} already in {outcome.folder}"
-          + (f", {outcome.missing} missing" if outcome.missing else "") + f"; report: {outcome.folder / 'report.md'}")
-    if outcome.failed:
-        print(f"pretune: {len(outcome.failed)} runs failed (logs in {outcome.folder / 'logs'}); "
-              "rerun the same command to retry them", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _comma_list(value: str, flag: str) -> list[str]:
-    items = [item.strip() for item in value.split(",") if item.strip()]
-    if not items:
-        raise UserError(f"{flag} is empty")
-    return items
-
-
-def _integer(value: str, flag: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"{flag}: '{value}' is not a whole number") from None
-
-
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -390,7 +322,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except UserError as error:
@@ -399,30 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pretune: interrupted", file=sys.stderr)
         return 130
-
-
-class _TqdmHandler(logging.StreamHandler):
-    """Log lines printed above the progress bars instead of through them."""
-
-    def emit(self, record):
-        from tqdm.auto import tqdm
-
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
-def _quiet_libraries() -> None:
-    """Our own progress and log lines on the console; the libraries' chatter off."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_TqdmHandler()])
-    for name in ("transformers", "accelerate", "peft", "gguf", "httpx", "huggingface_hub"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from .api import RunConfig, evaluate_untrained, train_run
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
+from .cloze.prompt import built_in_prompts
 from .data import find_benchmark_task
-from .task_defaults import built_in_prompts
-from .train import TrainConfig
+from .training.trainer import TrainConfig
 
 PACKAGED_EXAMPLES = Path(__file__).parent / "examples" / "sentiment"
 QUICK_STEPS = 8  # --quick (the tests): a few steps show every arm works end to end

@@ -48,7 +48,11 @@ class BodyTraining:
 
 
 def apply_body_training(model: nn.Module, training: BodyTraining) -> nn.Module:
-    """Set requires_grad on the body (and inject LoRA layers in place); returns the same model."""
+    """Set requires_grad on the body (and inject LoRA layers in place); returns the same model.
+    Applied once per model: a pattern ensemble's members share one body."""
+    if getattr(model, "_pretune_body_training", None) == training:
+        return model  # (LoRA injected twice would nest adapters)
+    model._pretune_body_training = training
     model.requires_grad_(training.mode == "full")
     if training.mode == "bitfit":
         for name, param in model.named_parameters():

@@ -1,40 +1,42 @@
-"""The tuning methods. Each maps a batch of examples to one score per label."""
+"""The tuning methods. Each maps a batch of examples to one score per label (see `base`)."""
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 from ..errors import UserError
-from .base import Method, MethodConfig
-from .deep_prompt import DeepPromptConfig, DeepPromptMethod
+from ..tuning import BodyTraining
+from .base import OWN_ROLES, ROLES, Method, MethodConfig, Rates
+from .cloze import ClozeConfig, ClozeMethod
 from .head import HeadConfig, HeadMethod
-from .pet import PetConfig, PetMethod
-from .ptuning import PtuningConfig, PtuningMethod
+from .presets import SPECS, MethodSpec
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (HeadMethod, PetMethod, PtuningMethod, DeepPromptMethod)
-}
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in SPECS}
 
 
-def method_class(name: str) -> type[Method]:
+def method_spec(name: str) -> MethodSpec:
     if name not in METHODS:
         raise UserError(f"unknown method '{name}' (choose one of {', '.join(METHODS)})")
     return METHODS[name]
 
 
 def make_config(name: str, options: dict, task=None) -> MethodConfig:
-    """A method's config dataclass from a flat dict of options; unknown keys are an error."""
-    cls = method_class(name).config_class
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UserError(f"method '{name}' has no option {', '.join(unknown)} (its options: {', '.join(sorted(known))})")
-    config = cls(**options)
-    config.validate(task)
-    return config
+    """A method's config from a flat dict of options; unknown keys are an error."""
+    return method_spec(name).make_config(options, task)
+
+
+def build_methods(name: str, backbone, task, config: MethodConfig, training) -> list[Method]:
+    """The method's modules for a run: one, or one per prompt of a pattern ensemble (sharing the body)."""
+    return method_spec(name).build(backbone, task, config, training)
+
+
+def build_method(name: str, backbone, task, options: dict | None = None, training=None) -> Method:
+    """One method from options (no ensemble): what tests and scripts construct directly."""
+    spec = method_spec(name)
+    training = training or BodyTraining.parse(spec.default_training)
+    (method,) = spec.build(backbone, task, spec.make_config(dict(options or {}), task), training)
+    return method
 
 
 __all__ = [
-    "METHODS", "Method", "MethodConfig", "HeadConfig", "HeadMethod", "PetConfig", "PetMethod", "PtuningConfig",
-    "PtuningMethod", "DeepPromptConfig", "DeepPromptMethod", "method_class", "make_config",
+    "METHODS", "OWN_ROLES", "ROLES", "ClozeConfig", "ClozeMethod", "HeadConfig", "HeadMethod", "Method",
+    "MethodConfig", "MethodSpec", "Rates", "build_method", "build_methods", "make_config", "method_spec",
 ]

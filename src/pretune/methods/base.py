@@ -1,53 +1,61 @@
 """The contract every tuning method fulfils: examples in, one score per label out.
 
 A method is an `nn.Module` that
-1. `featurize`s examples once into items (token ids; or, for a frozen body, cached features),
-2. `collate`s a list of items into a padded batch of tensors,
+1. `featurize`s examples once into items (token ids, rendered prompts, or a frozen body's cached features),
+2. `collate`s a list of items into a typed batch (see `batches`),
 3. maps a batch to scores `[batch, num_labels]` in `forward` (`[batch, 1]` for regression).
 
-The trainer, the evaluator and the predictor see only that, so they serve every method alike.
-Which parameters train is the method's business (`param_groups`), and what is saved is exactly
-what trained (`trainable_state_dict`).
+`label_scores` is the one path from examples to scores (the API, the CLI, the benchmark and the
+recipes all take it). The trainer sees only these steps, so it serves every method alike.
+Which parameters train is the method's business: `parameter_groups` names them by role, and the
+trainer gives each role its learning rate and weight decay from the run's configuration (and the
+method's `default_rates` where the configuration gives none). What is saved is exactly what
+trained (`trainable_state_dict`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..backbones import Backbone
 from ..data import Example, Task
 from ..tuning import BodyTraining, apply_body_training
 
+# Parameter roles: the method's own new parameters train at `--lr`, the body's at `--body-lr`;
+# `no_decay` holds the body's biases and norms, which take no weight decay.
+OWN_ROLES = ("head", "prompt")
+ROLES = (*OWN_ROLES, "body", "no_decay")
+
+
+@dataclass(frozen=True)
+class Rates:
+    """A method's learning rates when the user gives none."""
+
+    own: float | None  # its own new parameters (head, prompt); None: it adds none
+    body: float  # the pretrained body's trainable parameters
+
 
 @dataclass
 class MethodConfig:
-    """Base of the per-method config dataclasses (saved in a run's config.yaml)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    """Base of the per-method config dataclasses (built from a run's options)."""
 
     def validate(self, task: Task | None = None) -> None:
         """Check the options (and fill task-dependent defaults) before any model loads."""
 
+    def default_rates(self, training: BodyTraining) -> Rates:
+        raise NotImplementedError
+
 
 class Method(nn.Module):
-    """Base class: subclasses set `name`, `config_class` and implement the four steps."""
+    """Base class: subclasses set `name`, `config_class` and implement featurize, collate, forward."""
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    # Learning rates a method starts from when the user gives none: its own new parameters
-    # (head, prompt encoder) usually want a much larger rate than a pretrained body.
-    default_lr: ClassVar[float] = 1e-3
-    default_body_lr: ClassVar[float] = 1e-5
-    default_training: ClassVar[str] = "frozen"  # which body parameters train when the user does not say
-
-    @classmethod
-    def check_backbone(cls, backbone: Backbone) -> None:
-        """Refuse, with a UserError, a model this method cannot use (e.g. PET on an encoder)."""
 
     def __init__(self, backbone: Backbone, task: Task, config: MethodConfig, training: BodyTraining):
         super().__init__()
@@ -63,38 +71,47 @@ class Method(nn.Module):
             self.model.eval()  # a frozen body never drops out: its features must not change
         return self
 
-    # -- the four steps ------------------------------------------------------------
-    def featurize(self, examples: list[Example], progress: bool = True) -> list[dict]:
+    # -- the steps ----------------------------------------------------------------------
+    def featurize(self, examples: list[Example], progress: bool = True) -> list:
         raise NotImplementedError
 
-    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
+    def collate(self, items: list):
         raise NotImplementedError
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def param_groups(self, lr: float | None, body_lr: float | None) -> list[dict]:
-        """AdamW parameter groups, each with a `name` and its own `lr`."""
-        raise NotImplementedError
-
-    # -- optional hooks ------------------------------------------------------------
-    def fit(self, trainer, train_items: list[dict], train_targets: list, dev_items=None, dev_targets=None):
-        """Train with the shared trainer. A method that trains in phases (PET's pattern ensemble:
-        one model per pattern, then distillation) overrides this and calls the trainer per phase."""
-        return trainer.fit(train_items, train_targets, dev_items, dev_targets)
-
-    def auxiliary_loss(self) -> torch.Tensor | None:
-        """An extra loss the trainer adds at each training step (PET: language modelling on
-        unlabelled text); None for none."""
-        return None
-
-    # -- shared behaviour ----------------------------------------------------------
-    @staticmethod
-    def item_length(item: dict) -> int:
+    def item_length(self, item) -> int:
         """How long an item is, so evaluation can batch items of similar length together."""
-        ids = item.get("input_ids")
-        return len(ids) if ids is not None else 0
+        return len(item)
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters by role (`ROLES`)."""
+        raise NotImplementedError
+
+    # -- examples to label scores ---------------------------------------------------------
+    def label_scores(self, examples: list[Example], batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+        """Label scores [N, C] of examples, in their order."""
+        return self.score_items(self.featurize(examples, progress=progress), batch_size, progress)
+
+    @torch.inference_mode()
+    def score_items(self, items: list, batch_size: int = 32, progress: bool = False, desc: str = "scoring") -> torch.Tensor:
+        """Label scores [N, C] for featurized items, batched by similar length and returned in order."""
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(items)), key=lambda i: self.item_length(items[i]))
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        out = [None] * len(items)
+        for chunk in tqdm(chunks, desc=desc, unit="batch", disable=not progress or len(chunks) < 2, leave=False):
+            scores = self(self.collate([items[i] for i in chunk]).to(self.device)).float().cpu()
+            for row, index in zip(scores, chunk):
+                out[index] = row
+        self.train(was_training)
+        if not out:
+            return torch.zeros(0, max(self.task.num_labels, 1))
+        return torch.stack(out)
+
+    # -- what trained ---------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the parameters that train: a frozen body is never saved with the run."""
         return {name: p.detach().clone() for name, p in self.named_parameters() if p.requires_grad}
@@ -119,20 +136,14 @@ class Method(nn.Module):
         return next(self.parameters()).device
 
 
-def new_parameter_group(name: str, params, lr: float, weight_decay: float = 0.01) -> dict:
-    return {"name": name, "params": [p for p in params if p.requires_grad], "lr": lr, "weight_decay": weight_decay}
+def trainable(params) -> list[nn.Parameter]:
+    return [p for p in params if p.requires_grad]
 
 
-def body_parameter_group(model: nn.Module, lr: float, weight_decay: float = 0.01) -> list[dict]:
-    """The trainable body parameters in two groups: no weight decay on biases and norms (standard)."""
-    decay, no_decay = [], []
+def body_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The trainable body parameters: `body`, and `no_decay` for biases and norms (standard)."""
+    groups: dict[str, list[nn.Parameter]] = {"body": [], "no_decay": []}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = []
-    if decay:
-        groups.append({"name": "body", "params": decay, "lr": lr, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"name": "body_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
+        if param.requires_grad:
+            groups["no_decay" if param.ndim < 2 or "norm" in name.lower() else "body"].append(param)
     return groups

@@ -12,8 +12,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..batches import FeatureBatch, TokenBatch
 from ..errors import UserError
-from .base import Method, MethodConfig, body_parameter_group, new_parameter_group
+from ..heads import HEADS, build_head
+from ..tuning import BodyTraining
+from .base import Method, MethodConfig, Rates, body_groups, trainable
 
 POOLINGS = ("auto", "cls", "last", "mean")
 
@@ -28,8 +31,11 @@ class HeadConfig(MethodConfig):
     encode_batch_size: int = 32
     cache: bool = True  # with a frozen body, encode each example once and train on the cached features
 
+    def default_rates(self, training: BodyTraining) -> Rates:
+        return Rates(own=1e-3, body=2e-5)
+
     def validate(self, task=None) -> None:
-        if self.head not in ("linear", "mlp"):
+        if self.head not in HEADS:
             raise UserError(f"unknown --head '{self.head}' (choose linear or mlp)")
         if self.pooling not in POOLINGS:
             raise UserError(f"unknown --pooling '{self.pooling}' (choose one of {', '.join(POOLINGS)})")
@@ -42,14 +48,12 @@ class HeadConfig(MethodConfig):
 class HeadMethod(Method):
     name = "head"
     config_class = HeadConfig
-    default_lr = 1e-3
-    default_body_lr = 2e-5
 
     def __init__(self, backbone, task, config: HeadConfig, training):
         config.validate()
         super().__init__(backbone, task, config, training)
         self.pooling = config.pooling if config.pooling != "auto" else ("last" if backbone.kind == "causal" else "cls")
-        self.head = build_head(backbone.hidden_size, task.num_labels, config)
+        self.head = nn.Sequential(*build_head(backbone.hidden_size, task.num_labels, config.head, config.hidden, config.dropout))
         self.uses_cache = training.is_frozen and config.cache
         self.pad_id = backbone.tokenizer.pad_token_id
 
@@ -79,35 +83,29 @@ class HeadMethod(Method):
         chunks = [order[i : i + size] for i in range(0, len(order), size)]
         features: list = [None] * len(items)
         for chunk in tqdm(chunks, desc="encoding (frozen body, once)", unit="batch", disable=not progress):
-            batch = {k: v.to(self.device) for k, v in self._pad([items[i] for i in chunk]).items()}
+            batch = self._pad([items[i] for i in chunk]).to(self.device)
             pooled = self._pooled(batch).float().cpu()
             for row, index in zip(pooled, chunk):
                 features[index] = {"features": row}
         return features
 
     # -- collate and forward ---------------------------------------------------------
-    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
+    def collate(self, items: list[dict]) -> FeatureBatch | TokenBatch:
         if "features" in items[0]:
-            return {"features": torch.stack([item["features"] for item in items])}
+            return FeatureBatch(torch.stack([item["features"] for item in items]))
         return self._pad(items)
 
-    def _pad(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(item["input_ids"]) for item in items)
-        ids = torch.full((len(items), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), longest), dtype=torch.long)
-        for row, item in enumerate(items):  # right padding: position ids stay those of an unpadded input
-            ids[row, : len(item["input_ids"])] = torch.tensor(item["input_ids"])
-            mask[row, : len(item["input_ids"])] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+    def _pad(self, items: list[dict]) -> TokenBatch:
+        return TokenBatch.padded([item["input_ids"] for item in items], self.pad_id)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        features = batch["features"] if "features" in batch else self._pooled(batch)
+    def forward(self, batch: FeatureBatch | TokenBatch) -> torch.Tensor:
+        features = batch.features if isinstance(batch, FeatureBatch) else self._pooled(batch)
         return self.head(features.to(self.head[-1].weight.dtype))
 
-    def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.backbone.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    def _pooled(self, batch: TokenBatch) -> torch.Tensor:
+        hidden = self.backbone.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         hidden = hidden.last_hidden_state
-        mask = batch["attention_mask"]
+        mask = batch.attention_mask
         if self.pooling == "cls":
             return hidden[:, 0]
         if self.pooling == "last":
@@ -116,22 +114,8 @@ class HeadMethod(Method):
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
-    @staticmethod
-    def item_length(item: dict) -> int:
+    def item_length(self, item: dict) -> int:
         return len(item["input_ids"]) if "input_ids" in item else 0
 
-    def param_groups(self, lr, body_lr) -> list[dict]:
-        groups = [new_parameter_group("head", self.head.parameters(), lr or self.default_lr)]
-        return groups + body_parameter_group(self.model, body_lr or self.default_body_lr)
-
-
-def build_head(hidden_size: int, num_labels: int, config: HeadConfig) -> nn.Sequential:
-    if config.head == "linear":
-        return nn.Sequential(nn.Dropout(config.dropout), nn.Linear(hidden_size, num_labels))
-    return nn.Sequential(
-        nn.Dropout(config.dropout),
-        nn.Linear(hidden_size, config.hidden),
-        nn.GELU(),
-        nn.Dropout(config.dropout),
-        nn.Linear(config.hidden, num_labels),
-    )
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"head": trainable(self.head.parameters()), **body_groups(self.model)}

@@ -14,8 +14,8 @@ Each variant ends with the mask, so it serves both kinds of model (a masked LM g
 
 from __future__ import annotations
 
+from ..cloze.pattern import Field, Literal, Pattern
 from ..errors import UserError
-from ..patterns import Field, Literal, Pattern
 
 # relation: (LAMA's template as a pattern, its label in Wikidata)
 LAMA_TEMPLATES: dict[str, tuple[str, str]] = {

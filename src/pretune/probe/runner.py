@@ -35,7 +35,7 @@ from .training import TrainSettings, precision_at_1, train_prompt
 
 log = logging.getLogger(__name__)
 
-METHODS = {"pet": "none", "ptuning": "soft", "deep-prompt": "prefix"}  # method -> prompt input
+METHODS = {"pet": "pattern", "ptuning": "soft", "deep-prompt": "prefix"}  # method -> prompt input
 MULTI_TOKEN = ("drop", "error")
 INITS = ("random", "manual")  # where P-tuning's soft tokens start
 

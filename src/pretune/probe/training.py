@@ -43,18 +43,18 @@ class TrainOutcome:
 
 
 def default_rate(prober: Prober) -> float:
-    return RATES["prefix"] if prober.prefix is not None else RATES[prober.setup.encoder]
+    return RATES["prefix"] if prober.setup.input == "prefix" else RATES[prober.setup.encoder]
 
 
 @torch.inference_mode()
 def predictions(prober: Prober, items: list[dict], batch_size: int) -> list[int]:
     """The top-1 token of each item, in the items' order (batched by length for speed)."""
-    order = sorted(range(len(items)), key=lambda i: len(items[i]["ids"]))
+    order = sorted(range(len(items)), key=lambda i: len(items[i]["rendered"]))
     top = [0] * len(items)
     prober.eval()
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        logits = prober(prober.collate([items[i] for i in chunk]))
+        logits = prober(prober.collate([items[i] for i in chunk])[0])
         for i, token in zip(chunk, logits.argmax(dim=-1).tolist()):
             top[i] = token
     return top
@@ -89,8 +89,8 @@ def train_prompt(prober: Prober, train: list[dict], dev: list[dict], settings: T
         order = list(range(len(train)))
         rng.shuffle(order)
         for start in range(0, len(order), settings.batch_size):
-            batch = prober.collate([train[i] for i in order[start : start + settings.batch_size]])
-            loss = nn.functional.cross_entropy(prober(batch), batch["target"])
+            batch, targets = prober.collate([train[i] for i in order[start : start + settings.batch_size]])
+            loss = nn.functional.cross_entropy(prober(batch), targets.to(prober.model.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..errors import UserError
+from ..runs import atomic_write_text
 from .arms import ARMS, LM_BFF_SEEDS, Arm, RunSpec, resolve_arms
-from .errors import UserError
-from .runs import atomic_write_text
 
 RESULTS = "results.json"
 FORMAT = 1
@@ -165,9 +165,9 @@ def plan(config: BenchConfig) -> tuple[list[PlannedRun], dict[str, str]]:
     arms, skipped = resolve_arms(config.arms)
     if not arms:
         raise UserError(f"none of the arms in --methods can run here: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
-    from .backbones import resolve
+    from ..backbones import detect_kind, resolve
 
-    resolve(config.model)  # an unknown or missing model is one clear line before anything runs
+    detect_kind(resolve(config.model))  # a missing model (or an unreachable hub id) is one clear line before anything runs
     runs = []
     for task in config.tasks:
         for seed in config.seeds:
@@ -241,7 +241,7 @@ def run_in_worker(arm: str, spec: RunSpec, log_path: Path, threads: int | None =
         job_path.write_text(json.dumps(job))
         with open(log_path, "w", encoding="utf-8") as log:
             done = subprocess.run(
-                [sys.executable, "-m", "pretune.bench_worker", str(job_path), str(record_path)],
+                [sys.executable, "-m", "pretune.bench.worker", str(job_path), str(record_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=_worker_environment(),
             )
         if done.returncode != 0 or not record_path.is_file():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics as task_metrics
+from .. import metrics as task_metrics
 
 MAX_LENGTH = 256  # pretune's default input limit, so both sides see the same text
 WARMUP_RATIO = 0.06
@@ -32,8 +32,8 @@ def run_baseline(arm, spec) -> dict:
     from transformers import set_seed
 
     task = spec.load_task()  # (first: it imports pretune's modules in their working order)
-    from .backbones import detect_kind, resolve
-    from .train import resolve_device
+    from ..backbones import detect_kind, resolve
+    from ..training.trainer import resolve_device
 
     folder = resolve(spec.model)
     causal = detect_kind(folder) == "causal"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 LM_BFF_SEEDS = (13, 21, 42, 87, 100)
 
@@ -51,8 +51,8 @@ class RunSpec:
 
     def run_config(self, method: str = "head", method_options: dict | None = None, train: str | None = None,
                    training: dict | None = None):
-        from .api import RunConfig
-        from .train import TrainConfig
+        from ..api import RunConfig
+        from ..training.trainer import TrainConfig
 
         settings = {"steps": self.steps, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
                     "seed": self.seed, "device": self.device, **(training or {})}
@@ -64,7 +64,7 @@ class RunSpec:
 
     def load_task(self):
         """The data every arm of this (task, seed) sees: the same split, the same sampling."""
-        from .api import prepare_task
+        from ..api import prepare_task
 
         return prepare_task(self.run_config())
 
@@ -83,7 +83,7 @@ class Arm:
     note: str = ""  # how it departs from the shared protocol, for the report
 
     def unavailable_reason(self) -> str | None:
-        from .methods import METHODS
+        from ..methods import METHODS
 
         if self.method is not None and self.method not in METHODS:
             return f"method '{self.method}' is not in this version of pretune"
@@ -98,7 +98,7 @@ class Arm:
 
 def run_pretune(arm: Arm, spec: RunSpec) -> dict:
     """train_run into a scratch run folder, exactly as `pretune train` would; read back what it measured."""
-    from .api import train_run
+    from ..api import train_run
 
     options = arm.options
     config = spec.run_config(options["method"], options.get("method_options"), options.get("train"),
@@ -130,8 +130,9 @@ def run_pretune(arm: Arm, spec: RunSpec) -> dict:
 def run_untrained(arm: Arm, spec: RunSpec) -> dict:
     """Zero-shot: the method as it is, nothing trained and nothing to save (what `pretune eval --task`
     measures), keeping the test predictions for the confusion matrix."""
-    from .api import build_method
-    from .train import evaluate, predictions_from_scores, resolve_device
+    from ..api import build_method
+    from ..training.evaluation import evaluate, predictions_from_scores
+    from ..training.trainer import resolve_device
 
     options = arm.options
     config = spec.run_config(options["method"], options.get("method_options"), options.get("train"))
@@ -143,8 +144,7 @@ def run_untrained(arm: Arm, spec: RunSpec) -> dict:
     for split in ("dev", "test"):
         examples = getattr(task, split)
         start = time.perf_counter()
-        items = method.featurize(examples, progress=False)
-        split_metrics, scores = evaluate(method, items, task.targets(examples), config.training.eval_batch_size)
+        split_metrics, scores = evaluate(method, examples, task.targets(examples), config.training.eval_batch_size)
         measured[split] = (split_metrics, len(examples) / (time.perf_counter() - start), scores)
     test_metrics, test_rate, test_scores = measured["test"]
     return {

@@ -3,8 +3,9 @@
     DIR/checkpoint/state.safetensors      the trainable weights now, and the best state so far (`best.`)
     DIR/checkpoint/trainer.pt             optimizer, schedule, RNG states (python, numpy, torch, the
                                           batch order), step, best metric and step, history, counters
-    DIR/checkpoint/phase-<i>.safetensors  the final weights of each finished training phase (a method
-                                          may train in phases: PET's ensemble, one model per pattern)
+    DIR/checkpoint/phase-<i>.safetensors  the final weights of each finished training phase: the stage
+                                          <i> of the run's recipe (a pattern ensemble trains one model
+                                          per pattern, then may distil them)
 
 A checkpoint is written into a fresh folder that then replaces the old one by renames, so a kill at
 any moment leaves the previous checkpoint or the new one whole, never a mix. The trainer decides
@@ -25,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .runs import CHECKPOINT, atomic_write_bytes, load_weights, save_weights
+from ..errors import UserError
+from ..runs import CHECKPOINT, atomic_write_bytes, load_weights, save_weights
 
 STATE, TRAINER = "state.safetensors", "trainer.pt"
 # Without --checkpoint-every, a checkpoint at the first evaluation this long after the last one:

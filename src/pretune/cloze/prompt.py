@@ -1,4 +1,5 @@
-"""Built-in pattern-verbalizer pairs for the shared benchmark tasks, and how a run's prompts are chosen.
+"""Prompts: pattern-verbalizer pairs, the built-in ones of the shared benchmark tasks, how a run's
+prompts are chosen, and a prompt bound to a model's tokenizer (`BoundPrompt`).
 
 Masked LMs get the manual templates and label words of LM-BFF (Gao et al. 2021, Table 1) and
 PET (Schick & Schuetze 2021); the first of each list is LM-BFF's. A causal LM reads left to right,
@@ -12,10 +13,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .data import Task
-from .errors import UserError
-from .patterns import Pattern
-from .verbalizers import Verbalizer
+import torch
+
+from ..data import Example, Task
+from ..errors import UserError
+from .pattern import Pattern, PatternRenderer, Rendered
+from .verbalizer import Verbalizer, tokenize_label_words
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +143,47 @@ PTUNING_SOFT_TOKENS = 4
 def ptuning_template(pattern: Pattern) -> Pattern:
     """P-tuning's default template for a task: its PET pattern with soft tokens in front."""
     return Pattern.parse(f"[P*{PTUNING_SOFT_TOKENS}]" + pattern.source)
+
+
+# ---------------------------------------------------------------- a prompt bound to a model
+
+
+class BoundPrompt:
+    """A prompt bound to a tokenizer and an LM kind: renders examples, and holds its label words' token ids."""
+
+    def __init__(self, prompt: Prompt, tokenizer, lm, max_length: int):
+        self.prompt = prompt
+        self.max_length = max_length
+        self.renderer = PatternRenderer(prompt.pattern, tokenizer, closing_special_tokens=lm.closing_special_tokens)
+        self.words = tokenize_label_words(
+            prompt.verbalizer, self.renderer.encode, prompt.pattern.mask.lead, tokenizer.unk_token_id
+        )
+        self.word_labels = torch.tensor(self.words.labels)
+        lm.check_pattern(prompt.pattern, self.renderer)
+
+    @property
+    def pattern(self) -> Pattern:
+        return self.prompt.pattern
+
+    @property
+    def verbalizer(self) -> Verbalizer:
+        return self.prompt.verbalizer
+
+    def render(self, example: Example) -> Rendered:
+        values = {}
+        for name in self.prompt.pattern.fields:
+            value = example.field(name)
+            if value is None:
+                where = f"{example.source}: " if example.source else ""
+                raise UserError(f"{where}pattern '{self.prompt.pattern}' uses {{{name}}} but the example has no {name}")
+            values[name] = value
+        # Room for the longest label word, in place of the mask (masks, or the word itself).
+        return self.renderer.render(values, self.max_length, reserved=self.words.max_tokens)
+
+
+def fitting_length(configured: int, backbone, taken: int = 0) -> int:
+    """The longest input: the configured limit, capped by what the tokenizer and the position
+    embeddings allow once `taken` positions (a deep prompt's prefix) are spoken for."""
+    limits = [configured + taken, getattr(backbone.tokenizer, "model_max_length", None)]
+    limits.append(getattr(backbone.model.config.get_text_config(), "max_position_embeddings", None))
+    return min(limit for limit in limits if isinstance(limit, int) and limit > 0) - taken

@@ -25,7 +25,7 @@ import inspect
 import torch
 from torch import nn
 
-from .prompt_encoders import zero_last
+from .soft import zero_last
 
 REPARAM_HIDDEN = 512  # width of the reparameterisation MLP (P-tuning v2's default)
 
@@ -33,8 +33,12 @@ REPARAM_HIDDEN = 512  # width of the reparameterisation MLP (P-tuning v2's defau
 class Prefix(nn.Module):
     """Keys and values `[layers, 2, heads, length, head_dim]`, optionally through a reparameterisation MLP."""
 
-    def __init__(self, initial: torch.Tensor, hidden_size: int, reparam: bool = False):
+    slot = "prefix"  # the attribute a cloze method holds it under: names its saved weights
+    allows_soft_tokens = False
+
+    def __init__(self, initial: torch.Tensor, hidden_size: int, body: nn.Module, reparam: bool = False):
         super().__init__()
+        self.cache_argument = cache_argument(body)
         self.key_values = nn.Parameter(initial.detach().clone().float())
         layers, _, heads, length, head_dim = initial.shape
         self.embeddings = nn.Parameter(torch.randn(length, hidden_size)) if reparam else None
@@ -47,6 +51,19 @@ class Prefix(nn.Module):
     @property
     def length(self) -> int:
         return self.key_values.shape[3]
+
+    @property
+    def positions_taken(self) -> int:
+        """The model positions the prefix occupies ahead of the input."""
+        return self.length
+
+    def body_inputs(self, model: nn.Module, batch) -> dict:
+        """The token ids, the prefix as the body's cache, and an attention mask that covers it."""
+        mask = batch.attention_mask
+        rows = mask.shape[0]
+        cache = self.cache(rows, model.config, model.get_input_embeddings().weight.dtype)
+        extended = torch.cat([mask.new_ones(rows, self.length), mask], dim=1)
+        return {"input_ids": batch.input_ids, self.cache_argument: cache, "attention_mask": extended}
 
     def forward(self) -> torch.Tensor:
         if self.mlp is None:
@@ -85,3 +102,24 @@ def model_key_values(body: nn.Module, config, token_ids: torch.Tensor) -> torch.
 def cache_argument(body: nn.Module) -> str:
     """The name the model's forward takes a cache under (`past_key_values` before transformers renamed it)."""
     return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+
+def build_prefix(backbone, model: nn.Module, length: int, reparam: bool) -> Prefix:
+    """A prefix of `length` vectors at every layer, starting from the model's own keys and values
+    for `starting_tokens`."""
+    tokens = starting_tokens(backbone.tokenizer, length)
+    initial = model_key_values(backbone.body, model.config, tokens.to(model.device))
+    return Prefix(initial, backbone.hidden_size, backbone.body, reparam)
+
+
+def starting_tokens(tokenizer, count: int) -> torch.Tensor:
+    """The tokens whose keys and values a prefix starts from: blank lines where the vocabulary has a
+    newline token, since a text after blank lines reads like the text alone, so the untrained prefix
+    leaves the pattern's zero-shot answer nearly as it is (random tokens in front can change it);
+    otherwise (WordPiece drops newlines) `count` random ordinary tokens."""
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    if len(newline) == 1 and newline[0] != tokenizer.unk_token_id:
+        return torch.full((count,), newline[0])
+    special = set(tokenizer.all_special_ids)
+    ordinary = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
+    return ordinary[torch.randperm(len(ordinary))[:count]]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 AGGREGATIONS = ("logsumexp", "mean", "max")
 DEFAULT_AGGREGATION = "logsumexp"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from .errors import UserError
+from ..errors import UserError
 
 FIELDS = ("text", "text_pair")
 LEADING_SPACE = " \t"  # the whitespace that moves from a literal onto the field or mask after it

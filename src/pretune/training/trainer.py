@@ -1,9 +1,11 @@
-"""The one training loop for every method, and the evaluator and scorer they share.
+"""The one training loop for every method.
 
 A method maps a batch to label scores; here that becomes cross-entropy (soft targets for
-distillation, MSE for regression), AdamW with the method's parameter groups, linear warmup and
-decay, gradient accumulation and clipping, evaluation on dev every N steps, the best state kept
-by the task's metric, and early stopping.
+distillation, MSE for regression), AdamW over the method's parameter groups (each role's rate and
+weight decay from the configuration, see `optimizer_groups`), linear warmup and decay, gradient
+accumulation and clipping, evaluation on dev every N steps, the best state kept by the task's
+metric, and early stopping. A recipe (`recipes`) calls `fit` once per stage it trains, naming the
+stage, so a resumed run knows which stages it had finished.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import metrics
+from ..data import Task
+from ..errors import UserError
+from ..methods.base import OWN_ROLES, Method
 from .checkpoint import Checkpointer, Snapshot, restore_rng, rng_state
-from .data import Task
 from .distributed import processes
-from .errors import UserError
-from .methods.base import Method
+from .evaluation import task_metrics
 
 
 @dataclass
@@ -35,7 +37,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float | None = None  # the method's own parameters (head, prompt); None: the method's default
     body_lr: float | None = None  # the pretrained body's trainable parameters; None: the method's default
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # AdamW's, on every parameter but the body's biases and norms
     warmup_ratio: float = 0.06
     max_grad_norm: float | None = 1.0
     eval_every: int | None = None  # steps between dev evaluations; None: about 10 per run, at most one per epoch
@@ -59,6 +61,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not self.weight_decay >= 0:
+            raise UserError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.checkpoint_every is not None and self.checkpoint_every < 0:
             raise UserError(f"--checkpoint-every must be 0 (at the end only) or more, got {self.checkpoint_every}")
 
@@ -107,44 +111,20 @@ def loss_fn(task: Task, scores: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return F.cross_entropy(scores, targets)  # float targets are soft labels (a distribution per row)
 
 
-# ---------------------------------------------------------------- scoring and evaluation
-
-
-def _move(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-@torch.inference_mode()
-def score(method: Method, items: list[dict], batch_size: int = 32, progress: bool = False, desc: str = "scoring"):
-    """Label scores [N, C] for featurized items, batched by similar length and returned in order."""
-    was_training = method.training
-    method.eval()
-    order = sorted(range(len(items)), key=lambda i: method.item_length(items[i]))
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    out = [None] * len(items)
-    for chunk in tqdm(chunks, desc=desc, unit="batch", disable=not progress or len(chunks) < 2, leave=False):
-        batch = _move(method.collate([items[i] for i in chunk]), method.device)
-        scores = method(batch).float().cpu()
-        for row, index in zip(scores, chunk):
-            out[index] = row
-    method.train(was_training)
-    if not out:
-        return torch.zeros(0, max(method.task.num_labels, 1))
-    return torch.stack(out)
-
-
-def predictions_from_scores(task: Task, scores: torch.Tensor) -> np.ndarray:
-    if task.is_regression:
-        return scores.view(-1).numpy()
-    return scores.argmax(dim=-1).numpy()
-
-
-def evaluate(method: Method, items: list[dict], targets: list, batch_size: int = 32, progress: bool = False):
-    """(metrics dict, scores) of the method on featurized items with known targets."""
-    task = method.task
-    scores = score(method, items, batch_size, progress, desc="evaluating")
-    predictions = predictions_from_scores(task, scores)
-    return metrics.all_metrics(task.metric, predictions, np.asarray(targets), task.num_labels), scores
+def optimizer_groups(method: Method, config: TrainConfig) -> list[dict]:
+    """AdamW parameter groups, one per role the method names: its own parameters (head, prompt) at
+    `--lr`, the body at `--body-lr` (each the method's default when not given), weight decay
+    `--weight-decay` everywhere but on the body's biases and norms."""
+    rates = method.config.default_rates(method.body_training)
+    groups = []
+    for role, params in method.parameter_groups().items():
+        if not params:
+            continue
+        own = role in OWN_ROLES
+        rate = (config.lr or rates.own) if own else (config.body_lr or rates.body)
+        decay = 0.0 if role == "no_decay" else config.weight_decay
+        groups.append({"name": role, "params": params, "lr": rate, "weight_decay": decay})
+    return groups
 
 
 # ---------------------------------------------------------------- the loop
@@ -195,22 +175,19 @@ class Trainer:
     """Trains a method's parameters on featurized items; keeps the state that did best on dev.
 
     With `checkpoints`, the trainer writes a checkpoint every few steps and at the end of each
-    `fit` (a method may call `fit` once per phase), and continues from the checkpoint it was given.
-    Under a multi-process launcher it trains data-parallel (see `distributed`)."""
+    `fit` (one per stage of a recipe, keyed by the stage the recipe names), and continues from the
+    checkpoint it was given. Under a multi-process launcher it trains data-parallel (see `distributed`)."""
 
-    def __init__(
-        self, method: Method, config: TrainConfig, progress: bool = True, log=print,
-        checkpoints: Checkpointer | None = None,
-    ):
+    def __init__(self, config: TrainConfig, progress: bool = True, log=print, checkpoints: Checkpointer | None = None):
         config.validate()
-        self.method = method
+        self.method: Method | None = None  # the method the current `fit` trains
+        self.extra_loss = None  # and the extra loss it adds at every micro-batch
         self.config = config
         self.processes = processes()
         self.progress = progress and self.processes.is_main
         self.log = (log if self.processes.is_main else None) or (lambda *_: None)
         self.device = self.processes.device(resolve_device(config.device))
         self.checkpoints = checkpoints
-        self.phase = 0  # fit() calls so far
         if checkpoints is not None and checkpoints.config not in (None, self._options()):
             raise UserError(
                 f"{checkpoints.folder} was written with other training options than {checkpoints.run_folder}/config.yaml;"
@@ -225,7 +202,7 @@ class Trainer:
         return options
 
     def _optimizer(self):
-        groups = [g for g in self.method.param_groups(self.config.lr, self.config.body_lr) if g["params"]]
+        groups = optimizer_groups(self.method, self.config)
         if not groups:
             raise UserError(f"method '{self.method.name}' has no trainable parameters with this configuration")
         return torch.optim.AdamW(groups)
@@ -236,12 +213,16 @@ class Trainer:
         per_epoch = math.ceil(n_train / (self.config.batch_size * self.config.grad_accum))
         return max(1, math.ceil(per_epoch * self.config.epochs))
 
-    def fit(self, train_items: list[dict], train_targets: list, dev_items=None, dev_targets=None) -> TrainResult:
-        config, method, task = self.config, self.method, self.method.task
+    def fit(self, method: Method, train_items: list, train_targets: list, dev_items=None, dev_targets=None,
+            stage: int = 0, extra_loss=None) -> TrainResult:
+        """Train `method` on items; `stage` names this training in the checkpoints (a recipe's
+        stage: an ensemble member, distillation); `extra_loss()`, if given, is added at every
+        micro-batch (PET's auxiliary LM loss)."""
+        self.method, self.extra_loss = method, extra_loss
+        config, task = self.config, method.task
         if not train_items:
             raise UserError("no training examples")
-        phase, self.phase = self.phase, self.phase + 1
-        finished = self.checkpoints.finished_phase(phase) if self.checkpoints else None
+        finished = self.checkpoints.finished_phase(stage) if self.checkpoints else None
         if finished is not None:
             return self._finished_phase(*finished)
         set_seed(config.seed)
@@ -256,7 +237,7 @@ class Trainer:
         targets_all = target_tensor(task, train_targets)
         batches = BatchOrder(len(train_items), config.batch_size, config.seed)
 
-        snapshot = self.checkpoints.resume(phase) if self.checkpoints else None
+        snapshot = self.checkpoints.resume(stage) if self.checkpoints else None
         if snapshot is not None:
             loop, best_state = self._restore(snapshot, optimizer, scheduler, batches)
         else:
@@ -279,7 +260,7 @@ class Trainer:
                     break
             if self.checkpoints and loop.step < total and self.checkpoints.due(loop.step, eval_every):
                 paused = time.perf_counter()
-                self._checkpoint(phase, loop, loop.seconds + paused - start, best_state, optimizer, scheduler, batches)
+                self._checkpoint(stage, loop, loop.seconds + paused - start, best_state, optimizer, scheduler, batches)
                 start += time.perf_counter() - paused  # the clock times training, not writing checkpoints
         bar.close()
         loop.seconds += time.perf_counter() - start
@@ -296,7 +277,7 @@ class Trainer:
             stopped_early=loop.stopped_early,
         )
         if self.checkpoints:
-            self.checkpoints.finish_phase(phase, method.trainable_state_dict(), asdict(result), self._options())
+            self.checkpoints.finish_phase(stage, method.trainable_state_dict(), asdict(result), self._options())
         return result
 
     def _step(self, optimizer, params, batches: BatchOrder, items, targets, loop: LoopState) -> float:
@@ -311,9 +292,9 @@ class Trainer:
             loop.seen += len(indices)
             if not mine:
                 continue  # a batch smaller than the number of processes: this one sits it out
-            batch = _move(method.collate([items[i] for i in mine]), self.device)
+            batch = method.collate([items[i] for i in mine]).to(self.device)
             loss = loss_fn(task, method(batch), targets[mine].to(self.device))
-            auxiliary = method.auxiliary_loss()
+            auxiliary = self.extra_loss() if self.extra_loss is not None else None
             if auxiliary is not None:
                 loss = loss + auxiliary
             # Weighted by this shard's part of the batch: the processes' average is then the batch mean.
@@ -355,20 +336,20 @@ class Trainer:
 
     def _evaluate(self, items: list[dict], targets: list) -> dict:
         """Dev metrics; with several processes each scores its shard and all see the same numbers."""
+        batch_size = self.config.eval_batch_size
         if not self.processes.is_distributed:
-            return evaluate(self.method, items, targets, self.config.eval_batch_size)[0]
+            return task_metrics(self.method.task, self.method.score_items(items, batch_size), targets)
         mine = self.processes.shard(list(range(len(items))))
-        parts = self.processes.gather(score(self.method, [items[i] for i in mine], self.config.eval_batch_size))
+        parts = self.processes.gather(self.method.score_items([items[i] for i in mine], batch_size))
         scores = torch.empty(len(items), parts[0].shape[-1])
         for rank, part in enumerate(parts):
             scores[rank :: self.processes.world_size] = part
-        task = self.method.task
-        return metrics.all_metrics(task.metric, predictions_from_scores(task, scores), np.asarray(targets), task.num_labels)
+        return task_metrics(self.method.task, scores, targets)
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _checkpoint(self, phase, loop: LoopState, seconds: float, best_state, optimizer, scheduler, batches) -> None:
+    def _checkpoint(self, stage: int, loop: LoopState, seconds: float, best_state, optimizer, scheduler, batches) -> None:
         snapshot = Snapshot(
-            phase=phase,
+            phase=stage,
             loop={**asdict(loop), "seconds": seconds},
             weights=self.method.trainable_state_dict(),
             best=best_state,
@@ -389,7 +370,7 @@ class Trainer:
         return loop, snapshot.best
 
     def _finished_phase(self, weights: dict, result: dict) -> TrainResult:
-        """A phase the interrupted run had finished: its final weights and result, no training."""
+        """A stage the interrupted run had finished: its final weights and result, no training."""
         self.method.to(self.device)
         self.method.load_trainable_state_dict(weights)
         self.method.eval()

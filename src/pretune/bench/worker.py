@@ -1,7 +1,7 @@
 """One benchmark run in a process of its own, so that its peak memory is its own and a crash
 costs only that run:
 
-    python -m pretune.bench_worker JOB.json RECORD.json
+    python -m pretune.bench.worker JOB.json RECORD.json
 
 JOB.json names the arm, the `RunSpec` and the torch thread count; RECORD.json receives the arm's
 measurements plus what only the process can tell: peak resident memory, wall time, and the
@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def run_job(job: dict) -> dict:
@@ -67,11 +67,11 @@ def _versions() -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from .cli import _quiet_libraries
-    from .runs import atomic_write_text
+    from ..console import quiet_libraries
+    from ..runs import atomic_write_text
 
     job_path, record_path = map(Path, argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         record = run_job(json.loads(job_path.read_text()))
     except UserError as error:

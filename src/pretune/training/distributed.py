@@ -23,7 +23,7 @@ from functools import cache
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class Processes:

@@ -17,6 +17,9 @@ spread of the vocabulary's own embeddings.
 
 After training, `materialize` computes the tokens once and drops the encoder: prediction needs no
 encoder, and the saved adapter holds only the `[n, hidden]` floats.
+
+As a cloze method's input (`inputs`), the soft tokens enter the model through `inputs_embeds`:
+the token ids' embeddings with the soft positions replaced, so any masked or causal LM works.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import UserError
-from .patterns import Soft
+from ..errors import UserError
+from .pattern import Soft
 
 ENCODERS = ("lstm", "mlp", "none")
 STATISTICS_SAMPLE = 4096  # vocabulary rows whose embeddings set the scale of random soft tokens
@@ -34,10 +37,23 @@ STATISTICS_SAMPLE = 4096  # vocabulary rows whose embeddings set the scale of ra
 class SoftPrompt(nn.Module):
     """The soft tokens of one template, `[n, hidden]`: from an encoder while training, then materialised."""
 
+    slot = "soft_prompt"  # the attribute a cloze method holds it under: names its saved weights
+    allows_soft_tokens = True
+    positions_taken = 0
+
     def __init__(self, initial: torch.Tensor, encoder: str):
         super().__init__()
         self.embeddings = nn.Parameter(initial.detach().clone().float())
         self.encoder = _encoder(encoder, initial.shape[-1])
+
+    def body_inputs(self, model: nn.Module, batch) -> dict:
+        """The ids' embeddings with the soft tokens in place: each row of a batch holds all of the
+        template's soft tokens in template order, so the prompt repeats once per row."""
+        embeds = model.get_input_embeddings()(batch.input_ids)
+        soft = batch.soft_mask
+        tokens = self().to(embeds.dtype)
+        embeds = embeds.masked_scatter(soft.unsqueeze(-1), tokens.repeat(soft.shape[0], 1))
+        return {"inputs_embeds": embeds, "attention_mask": batch.attention_mask}
 
     @property
     def materialized(self) -> bool:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics as task_metrics
-from .runs import atomic_write_text
+from .. import metrics as task_metrics
+from ..runs import atomic_write_text
 
 # LM-BFF (Gao et al. 2021) Table 3: RoBERTa-large (355M), K=16, mean (std) over 5 seeds. Published,
 # not re-run here; copied from ../shared/data/README.md. (label, the arm it compares to, mean, std)
