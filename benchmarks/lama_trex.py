@@ -69,7 +69,7 @@ def run_arm(model: str, arm: str, progress: bool) -> dict:
     every, max_eval, max_train, epochs = BUDGETS.get(model, (1, None, None, 10))
     settings = TrainSettings(epochs=epochs, max_train=max_train, patience=1 if max_train else 2)
     config = ProbeConfig(data=str(DATA), model=model, method=method, encoder=encoder, init=init, out=str(OUT / model / arm),
-                         relations=tested_relations()[::every], variants=variants, max_eval=max_eval, settings=settings)
+                         relations=tested_relations() if variants else tested_relations()[::every], variants=variants, max_eval=max_eval, settings=settings)
     return run_probe(config, progress=progress)
 
 
