@@ -183,9 +183,7 @@ def markdown(results: dict, expected: int, host: dict, coverage: dict) -> str:
               "Relations with several manual wordings (`pretune.probe.relations.VARIANTS`): std of test P@1 across "
               "the wordings, averaged over relations. P-tuning here starts its soft tokens from each wording's words "
               "(`[P:born]`), so both rows ask the same wordings.", "",
-              "Test facts kept by that filter, over all relations with a test set: "
-        + "; ".join(f"{m} {c['kept']:,} of {c['total']:,}" for m, c in coverage.items()) + ".", "",
-        "| model | arm | relations | mean std | mean range |", "|---|---|---:|---:|---:|"]
+              "| model | arm | relations | mean std | mean range |", "|---|---|---:|---:|---:|"]
     for model, arms in results.items():
         for arm in ("pet-variants", "ptuning-variants"):
             spread = arms.get(arm, {}).get("spread")
