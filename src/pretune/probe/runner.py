@@ -22,6 +22,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from ..backbones import load_backbone
@@ -137,6 +138,7 @@ def probe_relation(backbone, relation: str, folder: Path, config: ProbeConfig, o
     runs = []
     for index, pattern in enumerate(prompts_for(relation, config, backbone.kind)):
         setup = ProbeSetup(pattern, METHODS[config.method], config.encoder, config.prefix_length)
+        torch.manual_seed(config.settings.seed)  # random soft tokens depend on the seed alone, not on what ran before
         prober = Prober(backbone, setup)
         items, counts = _items(prober, facts, config)
         outcome = train_prompt(prober, items["train"], items["dev"], config.settings, progress)
