@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pretune.backbones import resolve
 from pretune.probe.facts import read_facts, relation_folders, single_token_facts
+from pretune.probe.report import load_records, summarize
 from pretune.probe.runner import ProbeConfig, run_probe
 from pretune.probe.training import TrainSettings
 
@@ -89,12 +90,15 @@ def single_token_coverage(model: str) -> dict:
 
 
 def collect() -> dict:
+    """Each arm's summary, rebuilt from its finished relations (also those of an interrupted run)."""
     results = {}
     for model in MODELS:
         for arm in ARMS:
-            path = OUT / model / arm / "results.json"
-            if path.is_file():
-                results.setdefault(model, {})[arm] = json.loads(path.read_text())
+            folder = OUT / model / arm
+            records = load_records(folder) if (folder / "relations").is_dir() else []
+            if records:
+                config = json.loads((folder / "probe.json").read_text())
+                results.setdefault(model, {})[arm] = {"config": config, **summarize(records)}
     return results
 
 
@@ -183,13 +187,25 @@ def markdown(results: dict, expected: int, host: dict, coverage: dict) -> str:
               "Relations with several manual wordings (`pretune.probe.relations.VARIANTS`): std of test P@1 across "
               "the wordings, averaged over relations. P-tuning here starts its soft tokens from each wording's words "
               "(`[P:born]`), so both rows ask the same wordings.", "",
-              "| model | arm | relations | mean std | mean range |", "|---|---|---:|---:|---:|"]
+              "A spread is only as telling as the scores under it: wordings that all score 0 have no spread at all.", "",
+              "| model | arm | relations | mean P@1 over wordings | mean std | mean range |", "|---|---|---:|---:|---:|---:|"]
     for model, arms in results.items():
         for arm in ("pet-variants", "ptuning-variants"):
             spread = arms.get(arm, {}).get("spread")
             if spread:
-                lines.append(f"| {model} | {arm} | {len(spread['per_relation'])} | {spread['mean_std']:.2f} | "
+                lines.append(f"| {model} | {arm} | {len(spread['per_relation'])} | {spread['mean_p_at_1']:.1f} | "
+                             f"{spread['mean_std']:.2f} | "
                              f"{spread['mean_range']:.2f} |")
+    lines += ["", "Per relation, test P@1 of each wording (manual prompt -> P-tuning started from it):", "",
+              "| model | relation | manual, per wording | std | P-tuning, per wording | std |", "|---|---|---|---:|---|---:|"]
+    for model, arms in results.items():
+        manual = arms.get("pet-variants", {}).get("spread", {}).get("per_relation", {})
+        tuned = arms.get("ptuning-variants", {}).get("spread", {}).get("per_relation", {})
+        for relation, m in manual.items():
+            t = tuned.get(relation)
+            after = (" / ".join(f"{x:.1f}" for x in t["p_at_1"]), f"{t['std']:.2f}") if t else ("not run", "")
+            lines.append(f"| {model} | {relation} | {' / '.join(f'{x:.1f}' for x in m['p_at_1'])} | {m['std']:.2f} | "
+                         f"{after[0]} | {after[1]} |")
     lines += ["", "## Published (Liu et al. 2021, “GPT Understands, Too”, as quoted in issue 14; not re-run here; BERT, GPT-2 and Megatron models far larger than these)", "",
               "| measure | before | after | what |", "|---|---:|---:|---|"]
     lines += [f"| {name} | {before} | {after} | {what} |" for name, before, after, what in PUBLISHED]
@@ -229,8 +245,7 @@ def write_report() -> None:
     expected = len(tested_relations())
     coverage = {model: single_token_coverage(model) for model in results}
     summary = {"machine": host, "budgets": BUDGETS, "published": PUBLISHED, "single_token_test_facts": coverage,
-               "results": {m: {a: {k: v for k, v in r.items() if k != "config"} | {"config": r["config"]}
-                               for a, r in arms.items()} for m, arms in results.items()}}
+               "results": results}
     (ROOT / "results" / "lama_trex.json").write_text(json.dumps(summary, indent=1) + "\n")
     (ROOT / "results" / "lama_trex.md").write_text(markdown(results, expected, host, coverage))
     plot(results, ROOT / "results" / "lama_trex.png")

@@ -40,6 +40,7 @@ def summarize(records: list[dict]) -> dict:
             spreads[record["relation"]] = {
                 "patterns": [r["pattern"] for r in record["runs"]],
                 "p_at_1": scores,
+                "mean": statistics.fmean(scores),
                 "std": statistics.pstdev(scores),
                 "range": max(scores) - min(scores),
             }
@@ -59,6 +60,7 @@ def summarize(records: list[dict]) -> dict:
     }
     if spreads:
         summary["spread"] = {
+            "mean_p_at_1": statistics.fmean(s["mean"] for s in spreads.values()),
             "mean_std": statistics.fmean(s["std"] for s in spreads.values()),
             "mean_range": statistics.fmean(s["range"] for s in spreads.values()),
             "per_relation": spreads,
