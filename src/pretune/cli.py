@@ -1,4 +1,4 @@
-"""The `pretune` command: train | eval | predict | models | demo | bench.
+"""The `pretune` command: train | eval | predict | models | demo | bench | probe.
 
 Every mistake the user can fix ends as one line on stderr and exit code 2, never a traceback; an
 error of pretune's own ends as one line naming the log that holds the traceback, and exit code 1.
@@ -14,6 +14,7 @@ from pathlib import Path
 from .bench.command import add_bench_parser, cmd_bench
 from .console import quiet_libraries
 from .errors import UserError, answer
+from .probe.command import add_probe_parser, cmd_probe
 
 DTYPE_HELP = ("number format of the forward passes: auto | float32 | bfloat16 | float16 (auto: bfloat16 where "
               "the GPU or CPU computes it natively, else float32)")
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the packaged models and whether they are installed")
 
     add_bench_parser(commands, _add_column_arguments)
+    add_probe_parser(commands)
 
     demo = commands.add_parser("demo", help="the main job in small: few-shot SST-2 on the default model")
     demo.add_argument("--model", default=None, help="model (default: smollm2-135m)")
@@ -333,6 +335,7 @@ COMMANDS = {
     "models": cmd_models,
     "demo": cmd_demo,
     "bench": cmd_bench,
+    "probe": cmd_probe,
 }
 
 

@@ -104,6 +104,11 @@ def read_text(path: Path, what: str = "data file") -> str:
         raise UserError(f"{path}:{line}: not valid UTF-8 (byte {error.start})") from None
 
 
+def jsonl_rows(path: Path):
+    """("file:line", row) for each JSON object line of a file; a bad line is one UserError naming it."""
+    return _jsonl_rows(path, read_text(path))
+
+
 def _jsonl_rows(path: Path, text: str):
     # Lines end at "\n" only: U+2028 or U+0085 inside a JSON string is legal (str.splitlines would split there).
     for number, line in enumerate(text.split("\n"), start=1):

@@ -54,6 +54,11 @@ class LabelWordScorer:
             scores = scores - self._log_normalisers(picked, batch)
         return self._per_word(scores, batch)
 
+    def vocabulary_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [N, V] over the whole vocabulary from hidden states [N, H] read at the answer's
+        position: the open-vocabulary readout of knowledge probing, where every token is a label."""
+        return self._softcapped(self.output(self._transform(hidden)))
+
     def _log_normalisers(self, picked: torch.Tensor, batch: ClozeBatch) -> torch.Tensor:
         """log Z over the full vocabulary, computed once per distinct (row, position) that needs it."""
         normalize = batch.target_normalize
