@@ -10,10 +10,11 @@ Everything the user can get wrong is checked before a model loads.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +24,8 @@ from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .data import Columns, Example, Task, few_shot_task, load_task
 from .errors import UserError
 from .methods import Method, build_methods, make_config, method_spec
-from .runs import RunFolder, guarded, open_completed, open_resumable
+from .methods.autoprompt import searched, wants_search
+from .runs import RunFolder, atomic_write_text, guarded, open_completed, open_resumable
 from .training import recipes
 from .training.checkpoint import Checkpointer
 from .training.distributed import processes
@@ -120,14 +122,48 @@ def train_run(
     task = prepare_task(config)
     method_config, _ = validate(config, task)
     if out is None:
-        return _train_and_evaluate(config, task, None, progress, backbone)
+        config, backbone, search = search_prompt(config, task, method_config, backbone, progress)
+        result = _train_and_evaluate(config, task, None, progress, backbone)
+        if search is not None:
+            result.metrics["prompt"] = chosen_prompt(search)
+        return result
     group = processes()
     run = group.on_main(lambda: RunFolder.create(out, overwrite))
     checkpoints = Checkpointer(out, config.training.checkpoint_every, write=group.is_main)
     with _guarded(run):
+        config, backbone, search = search_prompt(config, task, method_config, backbone, progress)
         if run is not None:
+            if search is not None:  # what the search chose, every candidate's score and why
+                atomic_write_text(run.path / PROMPT_SEARCH, json.dumps(search.to_dict(), indent=2) + "\n")
             run.write_config(_saved_config(config, task))  # at the start: what `resume_run` reads
-        return _train_and_evaluate(config, task, run, progress, backbone, checkpoints)
+        result = _train_and_evaluate(config, task, run, progress, backbone, checkpoints)
+    if search is not None:
+        result.metrics["prompt"] = chosen_prompt(search)
+    return result
+
+
+def chosen_prompt(search) -> dict:
+    """What the prompt search chose, for a run's summary (the whole search is in prompt_search.json)."""
+    return {"patterns": search.patterns, "verbalizer": search.verbalizer, "calibrate": search.calibrate,
+            "why": search.reason}
+
+
+PROMPT_SEARCH = "prompt_search.json"
+
+
+def search_prompt(config: RunConfig, task: Task, method_config, backbone: Backbone | None, progress: bool = True):
+    """(config, backbone, search result): a prompt left to the search (`--pattern auto`,
+    `--verbalizer auto`, a task without a built-in prompt) replaced by the search's choice, so that
+    config.yaml holds a concrete prompt; the config unchanged (and no result) otherwise."""
+    if not wants_search(method_config, task):
+        return config, backbone, None
+    backbone = backbone or load_backbone(config.model)
+    method_spec(config.method).check_backbone(backbone)
+    calibrate_given = "calibrate" in config.method_options
+    chosen, result = searched(method_config, task, backbone, calibrate_given, progress)
+    options = {**config.method_options, "patterns": chosen.patterns, "verbalizer": chosen.verbalizer,
+               "calibrate": chosen.calibrate}
+    return replace(config, method_options=options), backbone, result
 
 
 def resume_run(
@@ -192,10 +228,15 @@ def _train_and_evaluate(config, task, run, progress, backbone, checkpoints=None)
 def evaluate_untrained(config: RunConfig, progress: bool = True, backbone: Backbone | None = None) -> dict:
     """Zero-shot: evaluate a method as it is, without training (PET patterns, an untrained head)."""
     task = prepare_task(config)
+    method_config, _ = validate(config, task)
+    config, backbone, search = search_prompt(config, task, method_config, backbone, progress)
     method = build_method(config, task, backbone)
     method.to(resolve_device(config.training.device))
     method.finalize()
-    return _evaluate_splits(method, task, config, progress, None)
+    metrics = _evaluate_splits(method, task, config, progress, None)
+    if search is not None:
+        metrics["prompt"] = chosen_prompt(search)
+    return metrics
 
 
 def _evaluate_splits(method: Tuned, task: Task, config: RunConfig, progress: bool, run: RunFolder | None) -> dict:
