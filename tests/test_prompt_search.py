@@ -166,6 +166,14 @@ def test_eval_with_pattern_auto_reports_the_choice(reviews_folder, capsys):
     assert metrics["prompt"]["patterns"] and "log-loss" in metrics["prompt"]["why"]
 
 
+def test_verbalizer_auto_keeps_the_users_patterns(reviews_folder, capsys):
+    patterns = ["{text} It was {mask}.", "{text} All in all, {mask}."]
+    code, stdout, err = run_cli(capsys, "eval", "--task", reviews_folder, "--model", "bert-tiny", "--method", "pet",
+                                "--pattern", patterns[0], "--pattern", patterns[1], "--verbalizer", "auto", "--quiet")
+    assert code == 0, err
+    assert json.loads(stdout)["prompt"]["patterns"] == patterns  # an ensemble of both, with searched words
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--pattern", "auto", "--pattern", "{text} It was {mask}."], "--pattern auto chooses the patterns itself"),
     (["--verbalizer", "auto-words"], "is not label=word"),

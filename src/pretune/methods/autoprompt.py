@@ -34,17 +34,20 @@ def searched(config: ClozeConfig, task: Task, backbone, calibrate_given: bool = 
         raise UserError(f"task '{task.name}' has no built-in prompt and no labelled examples to choose one with: "
                         "give --pattern and --verbalizer")
     given = [p for p in config.patterns if p != AUTO]
+    user_patterns = list(given)  # --verbalizer auto beside patterns: they all stay, the words are searched
     if not given and config.patterns != [AUTO] and task.name in BUILT_IN:
         given = [BUILT_IN[task.name][backbone.kind][0][0]]  # --verbalizer auto alone: the built-in pattern
     words = None if config.verbalizer in (None, AUTO) else config.verbalizer
     result = search_prompt(
         backbone, task, patterns=given or None, words=words, find_words=words is None,
         calibrate=config.calibrate if calibrate_given else None, how=config.aggregate,
-        ensemble=config.input == "pattern" and not config.distil, max_length=config.max_length, progress=progress,
+        ensemble=config.input == "pattern" and not config.distil and not user_patterns,
+        max_length=config.max_length, progress=progress,
     )
-    patterns = result.patterns
-    if config.input == "soft" and not config.prompt_length:
+    patterns = user_patterns or result.patterns
+    if config.input == "soft" and not config.prompt_length and not user_patterns:
         patterns = [ptuning_template(Pattern.parse(p)).source for p in patterns]  # P-tuning's soft tokens in front
+    result.patterns = patterns  # what the run uses (the user's patterns stay; P-tuning's soft tokens shown)
     log.info("prompt search chose: pattern %s, words %s, calibrate %s (%s)",
-             " + ".join(repr(p) for p in result.patterns), result.verbalizer, result.calibrate, result.reason)
+             " + ".join(repr(p) for p in patterns), result.verbalizer, result.calibrate, result.reason)
     return replace(config, patterns=patterns, verbalizer=result.verbalizer, calibrate=result.calibrate), result
