@@ -108,21 +108,9 @@ def search_prompt(backbone: Backbone, task: Task, patterns: list[str] | None = N
         raise UserError(f"no candidate pattern can hold the examples of task '{task.name}' within --max-length {max_length}")
     folds = _folds(targets, task.num_labels)
     choices = [False, True] if calibrate is None else [calibrate]
-    scored: list[tuple[Scored, dict]] = []
-    for table in tables:
-        options = [(v, {"all": v}, f"{table.origin} pattern, {origin} words") for v, origin in verbalizers]
-        if find_words and folds is not None:
-            options += _found_words(table, targets, task.labels, folds)
-        for verbalizer, by_fold, origin in options:
-            for calibrated in choices:
-                log_probs = _cross_fitted(table, by_fold, folds, calibrated, how, task.num_labels)
-                if log_probs is None:
-                    continue
-                loss, accuracy = _criterion(log_probs, targets)
-                scored.append((Scored(table.pattern, str(verbalizer), origin, calibrated, loss, accuracy), by_fold))
+    scored = _rank(tables, verbalizers, find_words, folds, choices, targets, task.labels, how)
     if not scored:
         raise UserError(f"no candidate label words fit the model's vocabulary for task '{task.name}'")
-    scored.sort(key=lambda pair: pair[0].log_loss)
     best, best_folds = scored[0]
     result = [s for s, _ in scored]
     chosen = [best.pattern]
@@ -137,6 +125,22 @@ def search_prompt(backbone: Backbone, task: Task, patterns: list[str] | None = N
                           f"{mixed.log_loss:.4f}, below the best single prompt's {best.log_loss:.4f}")
     return SearchResult(chosen, best.words, best.calibrate, "mean log-loss of the true label (train + dev)",
                         len(examples), time.perf_counter() - start, reason, result)
+
+
+def _rank(tables, verbalizers, find_words, folds, choices, targets, labels, how) -> list[tuple[Scored, dict]]:
+    """Every candidate (pattern, words, calibration) with its criterion, best first; with the words by fold."""
+    scored = []
+    for table in tables:
+        options = [(v, {"all": v}, f"{table.origin} pattern, {origin} words") for v, origin in verbalizers]
+        if find_words and folds is not None:
+            options += _found_words(table, targets, labels, folds)
+        for verbalizer, by_fold, origin in options:
+            for calibrated in choices:
+                log_probs = _cross_fitted(table, by_fold, folds, calibrated, how, len(labels))
+                if log_probs is not None:
+                    loss, accuracy = _criterion(log_probs, targets)
+                    scored.append((Scored(table.pattern, str(verbalizer), origin, calibrated, loss, accuracy), by_fold))
+    return sorted(scored, key=lambda pair: pair[0].log_loss)  # stable: ties keep the candidates' order
 
 
 def _labelled(task: Task) -> list[Example]:
