@@ -116,6 +116,7 @@ def write_markdown(results: dict, path: Path) -> None:
     missed = [r["task"] for r in rows if r["task"] not in within]
     lines += ["", f"Target (auto within 1 point of the built-in prompt, or better): met on {', '.join(within) or 'none'}"
               + (f"; not met on {', '.join(missed)}." if missed else ".")]
+    lines += [f"\n{note}" for note in results.get("notes", [])]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -127,11 +128,18 @@ def main() -> None:
     parser.add_argument("--max-test", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS / "prompt_search"))
+    parser.add_argument("--note", action="append", default=[], help="a line for the report (kept in the JSON)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the JSON, run nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     json_path = out.with_suffix(".json")
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
+    if args.report_only or args.note:
+        results["notes"] = results.get("notes", []) + args.note
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        write_markdown(results, out.with_suffix(".md"))
+        return
     if results.get("model") != args.model or results.get("max_test") != args.max_test:
         results = {"model": args.model, "split_seed": args.split_seed, "max_test": args.max_test, "tasks": []}
     results["machine"] = machine()
