@@ -20,7 +20,6 @@ least two of them (no subword piece, punctuation or number), so a found word rea
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 import torch
 
@@ -121,8 +120,18 @@ def fixed_verbalizers(task: Task, kind: str, given: str | None) -> list[tuple[Ve
 # ---------------------------------------------------------------- words found by the model
 
 
-@lru_cache(maxsize=8)
+_WHOLE_WORDS: dict[tuple, tuple[tuple[int, ...], tuple[str, ...]]] = {}
+
+
 def _whole_words_cached(tokenizer, lead: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    # Keyed by the tokenizer's files and size, not the object: a model loaded again reuses the list.
+    key = (type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), lead)
+    if key not in _WHOLE_WORDS:
+        _WHOLE_WORDS[key] = _find_whole_words(tokenizer, lead)
+    return _WHOLE_WORDS[key]
+
+
+def _find_whole_words(tokenizer, lead: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
     vocabulary = tokenizer.get_vocab()
     ids = sorted(vocabulary.values())
     texts = [text.strip() for text in tokenizer.batch_decode([[i] for i in ids])]
