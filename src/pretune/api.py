@@ -5,72 +5,48 @@
     predictor = load_run("runs/sst2-head")
     predictor.predict([Example("a gorgeous, witty film")])
 
-Everything the user can get wrong is checked before a model loads.
+The configuration and everything built from it (checks before any model loads) live in `run_config`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .backbones import DEFAULT_MODEL, Backbone, load_backbone
-from .data import Columns, Example, Task, few_shot_task, load_task
+from .backbones import Backbone
+from .data import Example, Task
 from .errors import UserError
-from .methods import Method, build_methods, make_config, method_spec
-from .precision import Precision, check_dtype, resolve_precision
-from .runs import WEIGHTS, RunFolder, guarded, open_completed, open_resumable
+from .methods import Method
+from .precision import check_dtype
+
+# The configuration's names are part of this API too (`from pretune.api import RunConfig`).
+from .run_config import (  # noqa: F401
+    PROMPT_SEARCH,
+    RunConfig,
+    Tuned,
+    absolute_if_path,
+    build_method,
+    chosen_prompt,
+    config_from_dict,
+    prepare_task,
+    search_prompt,
+    validate,
+)
+from .runs import WEIGHTS, RunFolder, atomic_write_text, guarded, open_completed, open_resumable
 from .training import recipes
 from .training.checkpoint import Checkpointer
 from .training.distributed import processes
 from .training.evaluation import evaluate
-from .training.recipes import PatternEnsemble
-from .training.trainer import TrainConfig, Trainer, resolve_device, set_seed
-from .tuning import BodyTraining
-from .validation import check_fields, check_numbers
+from .training.trainer import Trainer, resolve_device
 
 log = logging.getLogger("pretune")
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines a run; saved as the run folder's config.yaml."""
-
-    task: str
-    model: str = DEFAULT_MODEL
-    method: str = "head"
-    method_options: dict = field(default_factory=dict)
-    train: str | None = None  # body training: frozen | full | bitfit | lora | last:N; None: the method's default
-    lora_r: int = 8
-    lora_alpha: int = 16
-    split_seed: int | None = None  # which K-<seed> split of a few-shot task folder
-    shots: int | None = None  # sample K per class (LM-BFF protocol) from a full dataset
-    text_field: str = "text"
-    pair_field: str | None = "text_pair"
-    label_field: str = "label"
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the number format of the forward passes
-    training: TrainConfig = field(default_factory=TrainConfig)
-
-    def body_training(self) -> BodyTraining:
-        spec = self.train or method_spec(self.method).default_training
-        return BodyTraining.parse(spec, lora_r=self.lora_r, lora_alpha=self.lora_alpha)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["train"] = str(self.body_training())
-        return data
-
-    def precision(self) -> Precision:
-        """The concrete number format of this run on the device it runs on (`auto` decided here)."""
-        return resolve_precision(self.dtype, resolve_device(self.training.device))
-
-
-Tuned = Method | PatternEnsemble  # what a run trains and predicts with
 
 
 @dataclass
@@ -78,49 +54,6 @@ class RunResult:
     folder: Path | None
     metrics: dict
     method: Tuned
-
-
-# ---------------------------------------------------------------- building blocks
-
-
-def prepare_task(config: RunConfig) -> Task:
-    """Read and check the data (before any model loads); apply K-shot sampling if asked."""
-    check_numbers({name: getattr(config, name) for name in ("lora_r", "lora_alpha", "split_seed", "shots")})
-    config.training.validate()
-    resolve_device(config.training.device)  # a device this machine lacks: refused before any model loads
-    columns = Columns(config.text_field, config.pair_field, config.label_field)
-    task = load_task(config.task, split_seed=config.split_seed, columns=columns)
-    if config.shots is not None:
-        if config.shots < 1:
-            raise UserError(f"--shots must be at least 1, got {config.shots}")
-        task = few_shot_task(task, config.shots, config.split_seed if config.split_seed is not None else 42)
-    return task
-
-
-def validate(config: RunConfig, task: Task):
-    """All configuration checks that need no model: method options, body training, training options."""
-    method_config = make_config(config.method, dict(config.method_options), task=task)
-    training = config.body_training()
-    config.training.validate()
-    check_dtype(config.dtype)
-    if config.training.lr is not None and method_config.default_rates(training).own is None:
-        raise UserError(f"--lr sets the rate of a method's own parameters (head, prompt); --method {config.method} "
-                        "adds none: set the body's rate with --body-lr")
-    return method_config, training
-
-
-def build_method(config: RunConfig, task: Task, backbone: Backbone | None = None) -> Tuned:
-    """The run's method, or the ensemble of its members (a pattern ensemble), built from the seed."""
-    method_config, training = validate(config, task)
-    precision = config.precision()
-    backbone = backbone or load_backbone(config.model)
-    method_spec(config.method).check_backbone(backbone)
-    set_seed(config.training.seed)  # new parameters (head, prompt encoder) start from the seed too
-    methods = build_methods(config.method, backbone, task, method_config, training)
-    for method in methods:  # an ensemble's members share the body: the second finds it prepared
-        method.use_precision(precision)
-    log.info("%s", precision.describe())
-    return recipes.tuned(methods)
 
 
 # ---------------------------------------------------------------- the main job
@@ -136,14 +69,24 @@ def train_run(
     task = prepare_task(config)
     method_config, _ = validate(config, task)
     if out is None:
-        return _train_and_evaluate(config, task, None, progress, backbone)
+        config, backbone, search = search_prompt(config, task, method_config, backbone, progress)
+        result = _train_and_evaluate(config, task, None, progress, backbone)
+        if search is not None:
+            result.metrics["prompt"] = chosen_prompt(search)
+        return result
     group = processes()
     run = group.on_main(lambda: RunFolder.create(out, overwrite))
     checkpoints = Checkpointer(out, config.training.checkpoint_every, write=group.is_main)
     with _guarded(run):
+        config, backbone, search = search_prompt(config, task, method_config, backbone, progress)
         if run is not None:
+            if search is not None:  # what the search chose, every candidate's score and why
+                atomic_write_text(run.path / PROMPT_SEARCH, json.dumps(search.to_dict(), indent=2) + "\n")
             run.write_config(_saved_config(config, task))  # at the start: what `resume_run` reads
-        return _train_and_evaluate(config, task, run, progress, backbone, checkpoints)
+        result = _train_and_evaluate(config, task, run, progress, backbone, checkpoints)
+    if search is not None:
+        result.metrics["prompt"] = chosen_prompt(search)
+    return result
 
 
 def resume_run(
@@ -216,10 +159,15 @@ def _train_and_evaluate(config, task, run, progress, backbone, checkpoints=None)
 def evaluate_untrained(config: RunConfig, progress: bool = True, backbone: Backbone | None = None) -> dict:
     """Zero-shot: evaluate a method as it is, without training (PET patterns, an untrained head)."""
     task = prepare_task(config)
+    method_config, _ = validate(config, task)
+    config, backbone, search = search_prompt(config, task, method_config, backbone, progress)
     method = build_method(config, task, backbone)
     method.to(resolve_device(config.training.device))
     method.finalize()
-    return _evaluate_splits(method, task, config, progress, None)
+    metrics = _evaluate_splits(method, task, config, progress, None)
+    if search is not None:
+        metrics["prompt"] = chosen_prompt(search)
+    return metrics
 
 
 def _evaluate_splits(method: Tuned, task: Task, config: RunConfig, progress: bool, run: RunFolder | None) -> dict:
@@ -260,9 +208,9 @@ def _sizes(method: Tuned) -> dict:
 def _saved_config(config: RunConfig, task: Task) -> dict:
     data = config.to_dict()
     # Absolute paths: the run resumes from any directory.
-    data["task"] = _absolute_if_path(config.task)
+    data["task"] = absolute_if_path(config.task)
     if data["method_options"].get("unlabelled"):
-        data["method_options"]["unlabelled"] = _absolute_if_path(data["method_options"]["unlabelled"])
+        data["method_options"]["unlabelled"] = absolute_if_path(data["method_options"]["unlabelled"])
     # The concrete format, so that resuming and loading the run compute as it did on any machine.
     precision = config.precision()
     data["dtype"], data["dtype_chosen"] = precision.name, precision.reason
@@ -355,40 +303,6 @@ def _saved_task(info, where: Path) -> Task:
     ):
         raise UserError(f"{where}: task_info labels must be two or more distinct names (or null for regression)")
     return Task(name=info["name"], labels=labels, metric=info["metric"])
-
-
-def config_from_dict(data: dict, folder: Path | None = None) -> RunConfig:
-    """A RunConfig from a config.yaml's mapping, every key and type checked; a relative task path
-    (older run folders) is looked up from the working directory, then from the run folder up."""
-    where = f"{folder / 'config.yaml'}" if folder is not None else "run configuration"
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping of options, got {type(data).__name__}")
-    data = dict(data)
-    data.pop("task_info", None)
-    data.pop("pretune_version", None)
-    data.pop("dtype_chosen", None)
-    data.setdefault("dtype", "float32")  # run folders from before --dtype computed in float32
-    training = data.pop("training", {})
-    check_fields(RunConfig, data, where)
-    check_fields(TrainConfig, training, f"{where} (training)")
-    if "task" not in data:
-        raise UserError(f"{where}: no task")
-    if folder is not None:
-        data["task"] = _found_from(data["task"], Path(folder))
-    return RunConfig(training=TrainConfig(**training), **data)
-
-
-def _absolute_if_path(spec: str) -> str:
-    return str(Path(spec).resolve()) if Path(spec).exists() else spec
-
-
-def _found_from(spec: str, folder: Path) -> str:
-    if Path(spec).is_absolute() or Path(spec).exists():
-        return spec
-    for base in [folder, *folder.resolve().parents]:
-        if (base / spec).exists():
-            return str(base / spec)
-    return spec  # a benchmark task name, or gone: load_task says which
 
 
 # ---------------------------------------------------------------- logging to the run folder

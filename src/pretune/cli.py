@@ -319,6 +319,10 @@ def cmd_demo(args) -> int:
 
 
 def _print_summary(metrics: dict, folder) -> None:
+    if "prompt" in metrics:  # chosen by the prompt search (every candidate's score: prompt_search.json)
+        prompt = metrics["prompt"]
+        print(f"prompt search chose: pattern {' + '.join(repr(p) for p in prompt['patterns'])}  "
+              f"words {prompt['verbalizer']}  calibrate {prompt['calibrate']}")
     for split in ("dev", "test"):
         if split in metrics:
             values = "  ".join(f"{k} {v:.4f}" for k, v in metrics[split].items() if k != "examples")

@@ -119,7 +119,7 @@ def resolve_prompts(patterns: list[str], verbalizer: str | None, task: Task, kin
     elif built_in:
         parsed = [built_in[0].pattern]
     else:
-        raise UserError(f"no built-in pattern for task '{task.name}': give one with --pattern, e.g. '{{text}} It was {{mask}}.'")
+        raise UserError(f"no built-in pattern for task '{task.name}': give one with --pattern, e.g. '{{text}} It was {{mask}}.', or --pattern auto")
     if verbalizer:
         words = Verbalizer.parse(verbalizer).for_labels(task.labels)
         return [Prompt(pattern, words) for pattern in parsed]

@@ -35,6 +35,7 @@ from ..cloze.lm import ClozeBatch, language_model
 from ..cloze.pattern import Pattern, Rendered
 from ..cloze.prompt import BoundPrompt, Prompt, fitting_length, ptuning_template, resolve_prompts
 from ..cloze.readouts import READOUTS, build_readout
+from ..cloze.search import CONTENT_FREE
 from ..cloze.soft import ENCODERS
 from ..cloze.verbalizer import AGGREGATIONS, DEFAULT_AGGREGATION, Verbalizer
 from ..data import Example, Task, read_examples
@@ -45,7 +46,7 @@ from .base import Method, MethodConfig, Rates, body_groups, trainable
 
 log = logging.getLogger(__name__)
 
-CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al.'s content-free inputs, averaged
+AUTO = "auto"  # --pattern auto, --verbalizer auto: the prompt search chooses (methods.autoprompt)
 WEIGHTINGS = ("uniform", "dev")
 # The body's rate when --body-lr is not given. Adapters and biases start from zero or train few
 # weights: they need a larger rate than full fine-tuning.
@@ -98,8 +99,10 @@ class ClozeConfig(MethodConfig):
         return Rates(own=own, body=body)
 
     def validate(self, task: Task | None = None) -> None:
-        parsed = [Pattern.parse(p) for p in self.patterns]
-        words = Verbalizer.parse(self.verbalizer) if self.verbalizer else None
+        if AUTO in self.patterns and len(self.patterns) > 1:
+            raise UserError("--pattern auto chooses the patterns itself: give it alone, not beside other patterns")
+        parsed = [Pattern.parse(p) for p in self.patterns if p != AUTO]
+        words = Verbalizer.parse(self.verbalizer) if self.verbalizer and self.verbalizer != AUTO else None
         self._check_values()
         if self.trains_a_prompt:
             self._check_trained_prompt(parsed)

@@ -21,6 +21,7 @@ from ..data import Task
 from ..errors import UserError
 from ..tuning import BodyTraining
 from ..validation import check_fields, check_numbers
+from .autoprompt import searched
 from .base import Method, MethodConfig
 from .cloze import ClozeConfig, ClozeMethod, run_prompts
 from .head import HeadConfig, HeadMethod
@@ -61,7 +62,10 @@ def build_head(backbone, task, config, training) -> list[Method]:
 
 
 def build_cloze(backbone, task, config: ClozeConfig, training) -> list[Method]:
-    """One cloze method per prompt: one, or a pattern ensemble's members (they share the body)."""
+    """One cloze method per prompt: one, or a pattern ensemble's members (they share the body).
+    A prompt left to the search (`auto`, or a task without a built-in one) is searched here when
+    the caller has not done so already (the API does, to record the choice in the run folder)."""
+    config, _ = searched(config, task, backbone)
     prompts = run_prompts(config, task, language_model(backbone).name)
     return [ClozeMethod(backbone, task, config, training, prompt) for prompt in prompts]
 
