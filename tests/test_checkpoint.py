@@ -258,7 +258,8 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_pa
     assert (tmp_path / "victim" / adapter).read_bytes() == (tmp_path / "straight" / adapter).read_bytes()
 
 
-FINISHED_RUN = sorted([".lock", "adapter.safetensors", "config.yaml", "metrics.json", "predictions.jsonl", "run.json", "train.log"])
+FINISHED_RUN = sorted([".lock", "adapter.safetensors", "config.yaml", "history.jsonl", "metrics.json", "predictions.jsonl",
+                       "run.json", "train.log"])
 
 
 def test_resume_cleans_what_a_kill_left_and_the_finished_folder_holds_only_the_run(tmp_path, monkeypatch, straight_head):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pretune.training.distributed import Processes
+from pretune.training.engine import Processes
 
 
 def test_each_process_takes_every_nth_example_of_a_batch():

@@ -4,7 +4,7 @@ import torch
 from pretune.errors import UserError
 from pretune.methods import HeadConfig, HeadMethod
 from pretune.training.evaluation import evaluate
-from pretune.training.trainer import TrainConfig, Trainer, _linear_schedule, loss_fn, set_seed, target_tensor
+from pretune.training.trainer import TrainConfig, Trainer, loss_fn, set_seed, target_tensor
 from pretune.tuning import BodyTraining
 
 
@@ -36,13 +36,6 @@ def test_same_seed_same_result_and_other_seed_differs(tiny_mlm, task):
 def test_early_stopping(tiny_mlm, task):
     _, _, result = fit(tiny_mlm, task, steps=200, lr=1e-9, eval_every=1, patience=3)
     assert result.stopped_early and result.steps < 200
-
-
-def test_schedule_warms_up_then_decays_to_zero():
-    factor = _linear_schedule(warmup=2, total=10)
-    values = [factor(step) for step in range(11)]
-    assert values[0] < values[1] < values[2] == 1.0
-    assert values[-1] == 0.0 and all(a >= b for a, b in zip(values[2:], values[3:]))
 
 
 def test_soft_targets_and_regression_losses(task):

@@ -42,7 +42,7 @@ from .run_config import (  # noqa: F401
 from .runs import WEIGHTS, RunFolder, atomic_write_text, guarded, open_completed, open_resumable
 from .training import recipes
 from .training.checkpoint import Checkpointer
-from .training.distributed import processes
+from .training.engine import processes
 from .training.evaluation import evaluate
 from .training.trainer import Trainer, resolve_device
 
@@ -136,7 +136,10 @@ def _train_and_evaluate(config, task, run, progress, backbone, checkpoints=None)
         # With a frozen body this is the encoding pass itself: part of what training costs.
         featurize_seconds = time.perf_counter() - start
         dev_targets = task.targets(task.dev) if task.dev else None
-        result = recipes.fit(method, trainer, train_items, task.targets(task.train), dev_items, dev_targets)
+        try:
+            result = recipes.fit(method, trainer, train_items, task.targets(task.train), dev_items, dev_targets)
+        finally:
+            trainer.close()  # the trackers' run ends with the training, finished or not
         method.finalize()
         metrics = {"train": {**_train_summary(result), "featurize_seconds": featurize_seconds},
                    "dtype": config.precision().name}

@@ -15,6 +15,8 @@ from .bench.command import add_bench_parser, cmd_bench
 from .console import quiet_libraries
 from .errors import UserError, answer
 from .probe.command import add_probe_parser, cmd_probe
+from .training.schedule import SCHEDULES
+from .training.tracking import TRACKERS
 
 DTYPE_HELP = ("number format of the forward passes: auto | float32 | bfloat16 | float16 (auto: bfloat16 where "
               "the GPU or CPU computes it natively, else float32)")
@@ -74,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--checkpoint-every", type=int, metavar="N", help="steps between checkpoints (default: at an evaluation every 10 minutes; 0: at the end)"
+    )
+    train.add_argument(
+        "--report-to", "--report_to", dest="report_to", default="none", choices=TRACKERS, metavar="TRACKER",
+        help="also log each step and evaluation to this tracker, in RUN/tracking: " + " | ".join(TRACKERS)
+        + " (default none; history.jsonl is written either way)",
     )
 
     evaluate = commands.add_parser("eval", help="evaluate a trained run, or a method as it is (zero-shot)")
@@ -136,6 +143,10 @@ def _add_run_arguments(parser, task_required: bool = True) -> None:
     training.add_argument("--weight-decay", type=float, default=0.01,
                           help="AdamW weight decay of every method's parameters, except the body's biases and norms")
     training.add_argument("--warmup-ratio", type=float, default=0.06)
+    training.add_argument(
+        "--lr-scheduler", "--lr_scheduler_type", dest="lr_scheduler", default="linear", choices=SCHEDULES,
+        help="the rate after the warmup: linear (to 0), cosine (to 0) or constant (default linear)",
+    )
     training.add_argument("--max-grad-norm", type=float, default=1.0)
     training.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: each epoch)")
     training.add_argument("--patience", type=int, help="stop after this many evaluations without improvement")
@@ -177,6 +188,8 @@ def run_config_from_args(args):
         seed=args.seed,
         device=args.device,
         checkpoint_every=getattr(args, "checkpoint_every", None),
+        lr_scheduler=args.lr_scheduler,
+        report_to=getattr(args, "report_to", "none"),
     )
     return RunConfig(
         task=args.task,
@@ -201,7 +214,7 @@ def run_config_from_args(args):
 
 def cmd_train(args) -> int:
     from .api import resume_run, train_run
-    from .training.distributed import processes
+    from .training.engine import processes
 
     if args.resume:
         _refuse_options_beside_resume(args)

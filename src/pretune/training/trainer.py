@@ -2,10 +2,12 @@
 
 A method maps a batch to label scores; here that becomes cross-entropy (soft targets for
 distillation, MSE for regression), AdamW over the method's parameter groups (each role's rate and
-weight decay from the configuration, see `optimizer_groups`), linear warmup and decay, gradient
-accumulation and clipping, evaluation on dev every N steps, the best state kept by the task's
-metric, and early stopping. A recipe (`recipes`) calls `fit` once per stage it trains, naming the
-stage, so a resumed run knows which stages it had finished.
+weight decay from the configuration, see `optimizer_groups`), a warmup-then-decay schedule
+(`schedule`), gradient accumulation and clipping, evaluation on dev every N steps, the best state
+kept by the task's metric, and early stopping. A recipe (`recipes`) calls `fit` once per stage it
+trains, naming the stage, so a resumed run knows which stages it had finished. The model, optimizer,
+backward and gradient exchange go through accelerate (`engine`); each step and evaluation is
+reported as it happens (`tracking`).
 """
 
 from __future__ import annotations
@@ -23,62 +25,12 @@ from tqdm.auto import tqdm
 from ..data import Task
 from ..errors import UserError
 from ..methods.base import OWN_ROLES, Method
-from ..validation import check_device, check_numbers
 from .checkpoint import Checkpointer, Snapshot, restore_rng, rng_state
-from .distributed import processes
+from .config import TrainConfig, TrainResult
+from .engine import Engine, processes
 from .evaluation import task_metrics
-
-
-@dataclass
-class TrainConfig:
-    steps: int | None = None  # optimizer steps; when None, `epochs` decides
-    epochs: float = 10.0
-    batch_size: int = 8
-    eval_batch_size: int = 32
-    grad_accum: int = 1
-    lr: float | None = None  # the method's own parameters (head, prompt); None: the method's default
-    body_lr: float | None = None  # the pretrained body's trainable parameters; None: the method's default
-    weight_decay: float = 0.01  # AdamW's, on every parameter but the body's biases and norms
-    warmup_ratio: float = 0.06
-    max_grad_norm: float | None = 1.0
-    eval_every: int | None = None  # steps between dev evaluations; None: about 10 per run, at most one per epoch
-    patience: int | None = None  # evaluations without improvement before stopping; None: never stop early
-    seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    checkpoint_every: int | None = None  # steps between checkpoints of a run folder; None: every 10 minutes; 0: at the end only
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def validate(self) -> None:
-        for name in ("batch_size", "eval_batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.steps is not None and self.steps < 1:
-            raise UserError(f"--steps must be at least 1, got {self.steps}")
-        if self.steps is None and not self.epochs > 0:
-            raise UserError(f"--epochs must be positive, got {self.epochs}")
-        for name in ("lr", "body_lr"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if not self.weight_decay >= 0:
-            raise UserError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 0:
-            raise UserError(f"--checkpoint-every must be 0 (at the end only) or more, got {self.checkpoint_every}")
-        check_numbers(self.to_dict())
-        check_device(self.device)
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    best_step: int | None
-    best_dev: float | None  # the task metric on dev at the kept state
-    history: list[dict] = field(default_factory=list)  # one row per evaluation: step, loss, dev metric
-    train_seconds: float = 0.0
-    examples_per_second: float = 0.0
-    stopped_early: bool = False
+from .schedule import learning_rate_schedule, warmup_steps
+from .tracking import TRACKING, Reporter
 
 
 def set_seed(seed: int) -> None:
@@ -181,7 +133,8 @@ class Trainer:
 
     With `checkpoints`, the trainer writes a checkpoint every few steps and at the end of each
     `fit` (one per stage of a recipe, keyed by the stage the recipe names), and continues from the
-    checkpoint it was given. Under a multi-process launcher it trains data-parallel (see `distributed`)."""
+    checkpoint it was given. Under a multi-process launcher it trains on every process, the way the
+    accelerate config says (see `engine`)."""
 
     def __init__(self, config: TrainConfig, progress: bool = True, log=print, checkpoints: Checkpointer | None = None):
         config.validate()
@@ -193,18 +146,31 @@ class Trainer:
         self.log = (log if self.processes.is_main else None) or (lambda *_: None)
         self.device = self.processes.device(resolve_device(config.device))
         self.checkpoints = checkpoints
-        if checkpoints is not None and checkpoints.config not in (None, self._options()):
+        if checkpoints is not None and checkpoints.config is not None and _with_defaults(checkpoints.config) != self._options():
             raise UserError(
                 f"{checkpoints.folder} was written with other training options than {checkpoints.run_folder}/config.yaml;"
                 " resume with the configuration the run started with"
             )
+        folder = checkpoints.run_folder if checkpoints is not None else None
+        if config.report_to != "none" and folder is None:
+            raise UserError(f"--report-to {config.report_to}: the trackers write into the run folder; give --out")
+        tracking = folder / TRACKING if folder is not None and config.report_to != "none" else None
+        self.engine = Engine(config.grad_accum, None if tracking is None else config.report_to, tracking)
+        history = folder if folder is not None and checkpoints.write else None
+        self.reporter = Reporter(self.engine.accelerator, history, config.report_to, self.config.to_dict(),
+                                 _resume_point(checkpoints))
 
     def _options(self) -> dict:
-        """The training options a checkpoint must agree with (where it runs and how often it saves aside)."""
+        """The training options a checkpoint must agree with (where it runs, how often it saves aside
+        and where it reports aside)."""
         options = self.config.to_dict()
-        for name in ("device", "checkpoint_every"):
+        for name in ("device", "checkpoint_every", "report_to"):
             options.pop(name)
         return options
+
+    def close(self) -> None:
+        """End the trackers' run (after the last stage)."""
+        self.reporter.close()
 
     def _optimizer(self):
         groups = optimizer_groups(self.method, self.config)
@@ -233,33 +199,32 @@ class Trainer:
         set_seed(config.seed)
         method.to(self.device)
         optimizer = self._optimizer()
-        params = [p for g in optimizer.param_groups for p in g["params"]]
         total = self._total_steps(len(train_items))
-        warmup = int(config.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
+        scheduler = learning_rate_schedule(config.lr_scheduler, optimizer, warmup_steps(config.warmup_ratio, total), total)
         per_epoch = math.ceil(len(train_items) / (config.batch_size * config.grad_accum))
         eval_every = config.eval_every or max(per_epoch, math.ceil(total / 10))
         targets_all = target_tensor(task, train_targets)
         batches = BatchOrder(len(train_items), config.batch_size, config.seed)
 
         snapshot = self.checkpoints.resume(stage) if self.checkpoints else None
-        if snapshot is not None:
-            loop, best_state = self._restore(snapshot, optimizer, scheduler, batches)
-        else:
-            loop, best_state = LoopState(), None
-            self.processes.sync_parameters(params)
+        loop, best_state = self._restore(snapshot, optimizer, scheduler, batches) if snapshot else (LoopState(), None)
+        # In a group every process starts from rank 0's weights (DDP broadcasts them as it wraps).
+        model, optimizer = self.engine.prepare(method, optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
         method.train()
         start = time.perf_counter()
         bar = tqdm(total=total, initial=loop.step, desc=f"training {method.name}", unit="step", disable=not self.progress)
         while loop.step < total:
-            step_loss = self._step(optimizer, params, batches, train_items, targets_all, loop)
+            step_loss = self._step(model, optimizer, params, batches, train_items, targets_all, loop)
+            rates = {group.get("name", str(i)): group["lr"] for i, group in enumerate(optimizer.param_groups)}
             scheduler.step()
             loop.step += 1
             loop.losses.append(step_loss)
+            self.reporter.step(stage, loop.step, step_loss, rates)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
             if loop.step % eval_every == 0 or loop.step == total:
-                best_state = self._evaluation(loop, eval_every, dev_items, dev_targets, best_state)
+                best_state = self._evaluation(stage, loop, eval_every, dev_items, dev_targets, best_state)
                 if config.patience is not None and loop.bad_evals >= config.patience:
                     loop.stopped_early = True
                     break
@@ -269,6 +234,7 @@ class Trainer:
                 start += time.perf_counter() - paused  # the clock times training, not writing checkpoints
         bar.close()
         loop.seconds += time.perf_counter() - start
+        self.engine.release()
         if best_state is not None:
             method.load_trainable_state_dict(best_state)
         method.eval()
@@ -285,7 +251,7 @@ class Trainer:
             self.checkpoints.finish_phase(stage, method.trainable_state_dict(), asdict(result), self._options())
         return result
 
-    def _step(self, optimizer, params, batches: BatchOrder, items, targets, loop: LoopState) -> float:
+    def _step(self, model, optimizer, params, batches: BatchOrder, items, targets, loop: LoopState) -> float:
         """One optimizer step over `grad_accum` micro-batches, each process on its shard of them;
         returns the step's loss (the mean over all processes)."""
         config, method, task = self.config, self.method, self.method.task
@@ -295,26 +261,28 @@ class Trainer:
             indices = batches.next()
             mine = self.processes.shard(indices)
             loop.seen += len(indices)
-            if not mine:
-                continue  # a batch smaller than the number of processes: this one sits it out
-            batch = method.collate([items[i] for i in mine]).to(self.device)
-            with method.autocast():  # the forward passes only; the loss is float32, backward outside
-                scores = method(batch)
-                auxiliary = self.extra_loss() if self.extra_loss is not None else None
-            loss = loss_fn(task, scores, targets[mine].to(self.device))
-            if auxiliary is not None:
-                loss = loss + auxiliary.float()
             # Weighted by this shard's part of the batch: the processes' average is then the batch mean.
-            loss = loss * (len(mine) * self.processes.world_size / len(indices)) / config.grad_accum
-            loss.backward()
-            step_loss += loss.item()
+            weight = len(mine) * self.processes.world_size / len(indices)
+            # A batch smaller than the number of processes leaves this one no example: it still takes
+            # part in the gradient exchange, with one example at weight 0.
+            mine = mine or indices[:1]
+            with self.engine.micro_batch(model):
+                batch = method.collate([items[i] for i in mine]).to(self.device)
+                with method.autocast():  # the forward passes only; the loss is float32, backward outside
+                    scores = model(batch)
+                    auxiliary = self.extra_loss() if self.extra_loss is not None else None
+                loss = loss_fn(task, scores, targets[mine].to(self.device))
+                if auxiliary is not None:
+                    loss = loss + auxiliary.float()
+                loss = loss * weight
+                self.engine.backward(loss)  # of loss / grad_accum: the step's mean over its micro-batches
+            step_loss += (loss.detach() / config.grad_accum).item()
         step_loss = self.processes.mean(step_loss)
         if not math.isfinite(step_loss):
             raise self._diverged("loss", step_loss, loop.step + 1)
-        self.processes.average_gradients(params)
-        norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf)
-        if not math.isfinite(norm):  # checked before the update: the weights stay those of the last good step
-            raise self._diverged("gradient norm", float(norm), loop.step + 1)
+        norm = self.engine.clip(params, config.max_grad_norm or math.inf)
+        if norm is not None and not math.isfinite(norm):  # checked before the update: the weights stay those of the last good step
+            raise self._diverged("gradient norm", norm, loop.step + 1)
         optimizer.step()
         return step_loss
 
@@ -324,7 +292,7 @@ class Trainer:
             kept = f"; the last good checkpoint (step {self.checkpoints.step}) stays in {self.checkpoints.folder}"
         return UserError(f"training diverged: the {what} became {value} at step {step}{kept}; try a lower --lr")
 
-    def _evaluation(self, loop: LoopState, eval_every: int, dev_items, dev_targets, best_state):
+    def _evaluation(self, stage: int, loop: LoopState, eval_every: int, dev_items, dev_targets, best_state):
         """A history row (mean loss since the last one, dev metrics); keeps the best state so far."""
         row = {"step": loop.step, "loss": float(np.mean(loop.losses[-eval_every:]))}
         if dev_items:
@@ -338,6 +306,7 @@ class Trainer:
             else:
                 loop.bad_evals += 1
         loop.history.append(row)
+        self.reporter.evaluation(stage, row)
         self.log(_format_row(row))
         return best_state
 
@@ -384,13 +353,18 @@ class Trainer:
         return TrainResult(**result)
 
 
-def _linear_schedule(warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
+def _with_defaults(options: dict) -> dict:
+    """A checkpoint's training options, with the defaults of those added since it was written."""
+    return {"lr_scheduler": "linear", **options}
 
-    return factor
+
+def _resume_point(checkpoints: Checkpointer | None) -> tuple[int, int] | None:
+    """(stage, step) the run continues from: the checkpoint's; None for a run starting afresh."""
+    if checkpoints is None or checkpoints.step is None:
+        return None
+    if checkpoints.pending is not None:
+        return checkpoints.pending.phase, checkpoints.pending.loop["step"]
+    return len(checkpoints.finished), 0
 
 
 def _format_row(row: dict) -> str:

@@ -1,0 +1,166 @@
+"""The training engine: Hugging Face accelerate under the trainer's loop, and the processes of one run.
+
+A plain `pretune train` is one process. Under `accelerate launch -m pretune train ...` (or torchrun)
+the launcher sets WORLD_SIZE/RANK and accelerate joins the processes into one group (gloo on CPUs,
+NCCL on GPUs). How the model is spread over them is the accelerate config's choice, not pretune's:
+DDP (a full copy each, gradients averaged), FSDP (parameters, gradients and optimizer state sharded)
+or DeepSpeed. The user's command is otherwise the same.
+
+How the work is split: every process draws the same global batch (`--batch-size` is global, so a
+run's hyperparameters mean the same with any number of processes) and trains on its shard of it;
+each shard's loss is weighted by its part of the batch, so the processes' average gradient (what
+DDP computes) is the whole batch's. Dev evaluation is sharded and gathered, so every process makes
+the same best-state and early-stopping decisions; only rank 0 writes the run folder.
+
+The batches are drawn by the trainer (`BatchOrder`), not by a prepared DataLoader: their state goes
+into pretune's checkpoints, which resume a run bit for bit, and the learning-rate schedule is not
+prepared either (accelerate would step it once per process, a per-process batch's convention).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+
+class Processes:
+    """One process, or this process's place in a group that a launcher started (see `processes`)."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, backend: str | None = None,
+                 cpu: bool = False):
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.backend = backend  # gloo (CPU) or nccl (GPUs); None for one process
+        self.cpu = cpu  # a group of CPU processes (accelerate forms one only when asked to)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    def device(self, resolved: torch.device) -> torch.device:
+        """Each process of a multi-GPU group on its own GPU."""
+        if self.backend == "nccl" and resolved.type == "cpu":
+            raise UserError("--device cpu: these processes formed a GPU group; set ACCELERATE_USE_CPU=1 to train on CPUs")
+        if self.is_distributed and resolved.type == "cuda" and resolved.index is None:
+            return torch.device("cuda", self.local_rank)
+        return resolved
+
+    def shard(self, indices: list[int]) -> list[int]:
+        """This process's part of a global batch (every world_size-th example)."""
+        return indices[self.rank :: self.world_size]
+
+    # -- collectives (accelerate's): no-ops in a single process --------------------------------
+    def broadcast(self, value):
+        """Rank 0's value (any picklable object) on every process."""
+        if not self.is_distributed:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
+    def gather(self, value) -> list:
+        """Every process's value, in rank order, on every process."""
+        if not self.is_distributed:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return gather_object([value])
+
+    def mean(self, value: float) -> float:
+        if not self.is_distributed:
+            return value
+        return sum(self.gather(value)) / self.world_size
+
+    def on_main(self, action):
+        """Run `action` on rank 0 only (e.g. create the run folder); a UserError there is raised on
+        every process, so none of them waits forever for the others."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = action()
+            except UserError as caught:
+                error = str(caught)
+        error = self.broadcast(error)
+        if error is not None:
+            raise UserError(error)
+        return result
+
+
+@cache
+def processes() -> Processes:
+    """This process's place in the group, joining the group on first use when a launcher started it."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size < 2:
+        return Processes()
+    from accelerate import PartialState
+
+    # accelerate forms a CPU group (gloo) only when asked to: without a GPU, or with `launch --cpu`.
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    state = PartialState(cpu=cpu)  # reads the launcher's environment: rank, world size, address
+    if state.num_processes != world_size:
+        raise UserError(f"launched as {world_size} processes, but they could not form one group ({state.distributed_type})")
+    return Processes(state.process_index, state.num_processes, state.local_process_index, state.backend, cpu)
+
+
+class Engine:
+    """One `accelerate.Accelerator` for a trainer: it prepares each stage's model and optimizer for the
+    launch's setup (plain, DDP, FSDP, DeepSpeed), accumulates gradients over micro-batches (syncing
+    them only at the last), runs backward and clipping, and carries the `--report-to` trackers.
+
+    Devices stay pretune's (`--device`, one GPU per process of a group): accelerate places nothing."""
+
+    def __init__(self, grad_accum: int, log_with: str | None = None, project_dir: Path | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin
+
+        group = processes()  # joins the group first, with the CPU choice made there
+        self.grad_accum = grad_accum
+        self.accelerator = Accelerator(
+            cpu=group.cpu,
+            device_placement=False,
+            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False),
+            # A stage need not reach every trainable parameter in every micro-batch (a path a batch
+            # did not take); DDP must then look for them rather than wait for their gradients.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            log_with=log_with,
+            project_dir=project_dir,
+        )
+
+    def prepare(self, method: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        """(model, optimizer) for one stage: the model to call in training (the method itself in one
+        process, its DDP/FSDP wrapper in a group) and the optimizer to step."""
+        accelerator = self.accelerator
+        # The accumulation state is accelerate's process-wide one: start each stage at a step boundary.
+        accelerator.gradient_accumulation_steps = self.grad_accum
+        accelerator.step = 0
+        accelerator.sync_gradients = True
+        return accelerator.prepare(method, optimizer)
+
+    @contextmanager
+    def micro_batch(self, model):
+        """One micro-batch's forward and backward: gradients are exchanged only at a step's last one."""
+        with self.accelerator.accumulate(model):
+            yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of `loss / grad_accum` (the step's mean over its micro-batches)."""
+        self.accelerator.backward(loss)
+
+    def clip(self, params: list[torch.nn.Parameter], max_norm: float) -> float | None:
+        """Clip the gradients' global norm (sharded gradients included); the norm before clipping,
+        None where the engine (DeepSpeed) clips inside its own step."""
+        norm = self.accelerator.clip_grad_norm_(params, max_norm)
+        return None if norm is None else float(norm)
+
+    def release(self) -> None:
+        """Drop the stage's wrappers (a DDP wrapper's hooks on a body the next stage shares)."""
+        self.accelerator.free_memory()

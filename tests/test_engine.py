@@ -1,0 +1,206 @@
+"""The training engine: the schedules' rates, the history written as training goes, the trackers,
+and accelerate's part (one process: the method itself, gradient accumulation; several: see
+test_distributed.py; FSDP on a GPU)."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import _tiny, sentiment_task
+from pretune.api import RunConfig, resume_run, train_run
+from pretune.cli import build_parser, main, run_config_from_args
+from pretune.errors import UserError
+from pretune.methods import HeadConfig, HeadMethod
+from pretune.training.checkpoint import Checkpointer
+from pretune.training.engine import Engine
+from pretune.training.schedule import learning_rate_schedule
+from pretune.training.trainer import TrainConfig, Trainer, set_seed
+from pretune.tuning import BodyTraining
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 10 steps, warmup ratio 0.2: w = 2 warmup steps at 1/3 and 2/3 of the rate, then the schedule proper.
+TOTAL, WARMUP, RATE = 10, 2, 0.3
+EXPECTED = {
+    "linear": [1 / 3, 2 / 3] + [(TOTAL - k) / (TOTAL - WARMUP) for k in range(2, TOTAL)],
+    "cosine": [1 / 3, 2 / 3] + [(1 + math.cos(math.pi * (k - WARMUP) / (TOTAL - WARMUP))) / 2 for k in range(2, TOTAL)],
+    "constant": [1 / 3, 2 / 3] + [1.0] * (TOTAL - 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_schedule_gives_the_hand_computed_rate_at_every_step(name):
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=RATE)
+    scheduler = learning_rate_schedule(name, optimizer, WARMUP, TOTAL)
+    rates = []
+    for _ in range(TOTAL):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([RATE * factor for factor in EXPECTED[name]], rel=1e-12)
+    assert EXPECTED["cosine"][2] == 1.0 and EXPECTED["cosine"][6] == pytest.approx(0.5)  # the table is what it says
+
+
+class RecordingAdamW(torch.optim.AdamW):
+    rates: list[float] = []
+
+    def step(self, closure=None):
+        RecordingAdamW.rates.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+def linear_head(tiny_encoder, task):
+    set_seed(42)
+    return HeadMethod(tiny_encoder, task, HeadConfig(dropout=0.0), BodyTraining.parse("frozen"))
+
+
+@pytest.mark.parametrize("name", ["cosine", "constant"])
+def test_the_trainer_steps_at_the_chosen_schedule(tiny_encoder, task, monkeypatch, name):
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    RecordingAdamW.rates = []
+    method = linear_head(tiny_encoder, task)
+    items = method.featurize(task.train, progress=False)
+    config = TrainConfig(steps=TOTAL, batch_size=4, lr=RATE, warmup_ratio=0.2, lr_scheduler=name)
+    Trainer(config, progress=False, log=None).fit(method, items, task.targets(task.train))
+    assert RecordingAdamW.rates == pytest.approx([RATE * factor for factor in EXPECTED[name]], rel=1e-12)
+
+
+def test_options_and_their_trainer_names_reach_the_configuration():
+    for argv in (["--lr-scheduler", "cosine", "--report-to", "tensorboard"],
+                 ["--lr_scheduler_type", "cosine", "--report_to", "tensorboard"]):
+        args = build_parser().parse_args(["train", "--task", "t", "--out", "o", *argv])
+        training = run_config_from_args(args).training
+        assert (training.lr_scheduler, training.report_to) == ("cosine", "tensorboard")
+    defaults = run_config_from_args(build_parser().parse_args(["train", "--task", "t", "--out", "o"])).training
+    assert (defaults.lr_scheduler, defaults.report_to) == ("linear", "none")
+
+
+def test_bad_schedule_and_tracker_names_are_one_line(capsys, tmp_path):
+    with pytest.raises(UserError, match="--lr-scheduler 'step'"):
+        TrainConfig(lr_scheduler="step").validate()
+    with pytest.raises(UserError, match="--report-to 'paper'"):
+        TrainConfig(report_to="paper").validate()
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--task", "t", "--out", str(tmp_path / "o"), "--lr-scheduler", "step"])
+    assert stop.value.code == 2 and not (tmp_path / "o").exists()
+
+
+def test_a_tracker_not_installed_is_refused_before_the_run_folder(tmp_path, task_folder, capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    out = tmp_path / "run"
+    code = main(["train", "--task", str(task_folder), "--model", "bert-tiny", "--out", str(out), "--report-to",
+                 "tensorboard", "--quiet"])
+    _, err = capsys.readouterr()
+    assert code == 2 and not out.exists()
+    assert err.strip().splitlines() == [
+        "pretune: error: --report-to tensorboard: the tensorboard package is not installed (pip install 'pretune[track]')"
+    ]
+
+
+def test_trackers_need_a_run_folder():
+    with pytest.raises(UserError, match="give --out"):
+        Trainer(TrainConfig(report_to="tensorboard"), progress=False, log=None)
+
+
+def test_one_process_trains_the_method_itself(tiny_encoder, task):
+    """accelerate in one process wraps nothing: the model called in training is the method, and the
+    optimizer steps the very parameters the method holds."""
+    method = linear_head(tiny_encoder, task)
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad])
+    model, prepared = Engine(grad_accum=2).prepare(method, optimizer)
+    assert model is method and prepared.optimizer is optimizer
+
+
+# ---------------------------------------------------------------- history.jsonl and trackers
+
+
+def tiny_run_config(folder: Path, **training) -> RunConfig:
+    task = folder / "task"
+    task.mkdir(parents=True)
+    data = sentiment_task()
+    for split in ("train", "dev", "test"):
+        rows = [{"text": e.text, "label": e.label} for e in getattr(data, split)]
+        (task / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    options = {"steps": 8, "batch_size": 4, "eval_every": 4, "checkpoint_every": 1, "lr": 3e-2, "seed": 5, **training}
+    return RunConfig(task=str(task), model="tiny", method="head", train="last:1", training=TrainConfig(**options))
+
+
+def history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised right after the checkpoint of a step was written."""
+
+
+def test_history_is_written_as_training_goes_and_resume_continues_it(tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train_run(tiny_run_config(tmp_path / "a"), straight, progress=False, backbone=_tiny("mlm", "bert-tiny"))
+    rows = history(straight)
+    steps = [row for row in rows if row["kind"] == "step"]
+    assert [row["step"] for row in steps] == list(range(1, 9))
+    assert all(set(row["lr"]) == {"head", "body", "no_decay"} and math.isfinite(row["loss"]) for row in steps)
+    metrics = json.loads((straight / "metrics.json").read_text())
+    evaluations = [{k: v for k, v in row.items() if k not in ("kind", "phase")} for row in rows if row["kind"] == "evaluation"]
+    assert evaluations == metrics["train"]["history"]  # the rows metrics.json ends with, written on the way
+
+    original = Checkpointer.save
+
+    def save_then_die(self, snapshot, config):
+        original(self, snapshot, config)
+        if snapshot.loop["step"] == 5:
+            raise Killed
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    victim = tmp_path / "victim"
+    with pytest.raises(Killed):
+        train_run(tiny_run_config(tmp_path / "b"), victim, progress=False, backbone=_tiny("mlm", "bert-tiny"))
+    done = history(victim)
+    assert [row["step"] for row in done if row["kind"] == "step"] == [1, 2, 3, 4, 5]  # the steps done, on disk
+    assert done == rows[: len(done)]
+    monkeypatch.undo()
+    with open(victim / "history.jsonl", "a") as file:
+        file.write('{"kind": "step", "pha')  # a kill in the middle of a line, and a step past the checkpoint
+    resume_run(victim, progress=False, backbone=_tiny("mlm", "bert-tiny"))
+    assert history(victim) == rows  # each step once, the torn line gone
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed (pip install 'pretune[track]')")
+def test_report_to_tensorboard_writes_event_files(tmp_path):
+    run = tmp_path / "run"
+    train_run(tiny_run_config(tmp_path / "a", steps=4, eval_every=2, report_to="tensorboard"), run, progress=False,
+              backbone=_tiny("mlm", "bert-tiny"))
+    events = sorted((run / "tracking").rglob("events.out.tfevents.*"))
+    assert events and all(path.stat().st_size > 0 for path in events)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(run / "tracking" / run.name)).Reload()  # the run's own folder (hparams aside)
+    assert [event.step for event in scalars.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [event.step for event in scalars.Scalars("dev/accuracy")] == [2, 4]
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+# ---------------------------------------------------------------- sharded: FSDP on a GPU
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP shards over GPUs: no CUDA device on this machine")
+def test_fsdp_from_the_shipped_accelerate_config(tmp_path, task_folder):
+    """The documented launch with the shipped FSDP config trains bert-tiny to a complete run."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "examples" / "accelerate" / "fsdp.yaml"), "--num_processes", str(torch.cuda.device_count())]
+    options = ["--task", str(task_folder), "--model", "bert-tiny", "--method", "pet", "--train", "full", "--steps", "8",
+               "--batch-size", "4", "--quiet", "--out", str(tmp_path / "run")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([*launch, "-m", "pretune", "train", *options], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
