@@ -256,6 +256,9 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_pa
     assert sorted(p.name for p in (tmp_path / "straight").iterdir()) == FINISHED_RUN
     adapter = "adapter.safetensors"
     assert (tmp_path / "victim" / adapter).read_bytes() == (tmp_path / "straight" / adapter).read_bytes()
+    # The history written as the steps went: after the resume, each step once, as if it never stopped.
+    history = "history.jsonl"
+    assert (tmp_path / "victim" / history).read_text() == (tmp_path / "straight" / history).read_text()
 
 
 FINISHED_RUN = sorted([".lock", "adapter.safetensors", "config.yaml", "history.jsonl", "metrics.json", "predictions.jsonl",
