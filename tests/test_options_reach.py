@@ -66,6 +66,8 @@ OPTIONS = [
     (["--seed", "9"], "training.seed", 9),
     (["--device", "cpu"], "training.device", "cpu"),
     (["--checkpoint-every", "6"], "training.checkpoint_every", 6),
+    (["--lr-scheduler", "cosine"], "training.lr_scheduler", "cosine"),
+    (["--report-to", "tensorboard"], "training.report_to", "tensorboard"),
     # options of the command itself, not of the run's configuration
     (["--out", "runs/x"], "args.out", "runs/x"),
     (["--overwrite"], "args.overwrite", True),
