@@ -6,6 +6,8 @@
     DIR/metrics.json          dev and test metrics, parameter counts, sizes, timings
     DIR/predictions.jsonl     one line per evaluated example, with label probabilities
     DIR/train.log             the training log
+    DIR/history.jsonl         each training step and dev evaluation, appended as they happen (`training.tracking`)
+    DIR/tracking/             what a `--report-to` tracker writes (TensorBoard's event files)
 
 Every file is written atomically (a temporary file, then a rename), and `run.json` says
 `complete` only after everything else is in place.

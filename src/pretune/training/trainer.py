@@ -151,14 +151,7 @@ class Trainer:
                 f"{checkpoints.folder} was written with other training options than {checkpoints.run_folder}/config.yaml;"
                 " resume with the configuration the run started with"
             )
-        folder = checkpoints.run_folder if checkpoints is not None else None
-        if config.report_to != "none" and folder is None:
-            raise UserError(f"--report-to {config.report_to}: the trackers write into the run folder; give --out")
-        tracking = folder / TRACKING if folder is not None and config.report_to != "none" else None
-        self.engine = Engine(config.grad_accum, None if tracking is None else config.report_to, tracking)
-        history = folder if folder is not None and checkpoints.write else None
-        self.reporter = Reporter(self.engine.accelerator, history, config.report_to, self.config.to_dict(),
-                                 _resume_point(checkpoints))
+        self.engine, self.reporter = _engine_and_reporter(config, checkpoints)
 
     def _options(self) -> dict:
         """The training options a checkpoint must agree with (where it runs, how often it saves aside
@@ -207,7 +200,10 @@ class Trainer:
         batches = BatchOrder(len(train_items), config.batch_size, config.seed)
 
         snapshot = self.checkpoints.resume(stage) if self.checkpoints else None
-        loop, best_state = self._restore(snapshot, optimizer, scheduler, batches) if snapshot else (LoopState(), None)
+        if snapshot is not None:
+            loop, best_state = self._restore(snapshot, optimizer, scheduler, batches)
+        else:
+            loop, best_state = LoopState(), None
         # In a group every process starts from rank 0's weights (DDP broadcasts them as it wraps).
         model, optimizer = self.engine.prepare(method, optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -351,6 +347,18 @@ class Trainer:
         self.method.load_trainable_state_dict(weights)
         self.method.eval()
         return TrainResult(**result)
+
+
+def _engine_and_reporter(config: TrainConfig, checkpoints: Checkpointer | None) -> tuple[Engine, Reporter]:
+    """The accelerate engine, its `--report-to` trackers writing into RUN/tracking, and the reporter
+    that also appends history.jsonl (on the process that writes the run folder)."""
+    folder = checkpoints.run_folder if checkpoints is not None else None
+    tracker = None if config.report_to == "none" else config.report_to
+    if tracker is not None and folder is None:
+        raise UserError(f"--report-to {tracker}: the trackers write into the run folder; give --out")
+    engine = Engine(config.grad_accum, tracker, folder / TRACKING if tracker is not None else None)
+    history = folder if folder is not None and checkpoints.write else None
+    return engine, Reporter(engine.accelerator, history, config.report_to, config.to_dict(), _resume_point(checkpoints))
 
 
 def _with_defaults(options: dict) -> dict:
