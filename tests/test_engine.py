@@ -204,3 +204,15 @@ def test_fsdp_from_the_shipped_accelerate_config(tmp_path, task_folder):
     done = subprocess.run([*launch, "-m", "pretune", "train", *options], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_checkpoint_from_before_the_schedule_option_resumes_as_linear(tmp_path):
+    """Checkpoints written before --lr-scheduler existed hold no such option: they ran the linear schedule."""
+    checkpoints = Checkpointer(tmp_path, write=False)
+    written = TrainConfig(steps=5).to_dict()
+    for name in ("device", "checkpoint_every", "report_to", "lr_scheduler"):
+        written.pop(name)
+    checkpoints.config = written
+    Trainer(TrainConfig(steps=5), progress=False, log=None, checkpoints=checkpoints)  # accepted
+    with pytest.raises(UserError, match="other training options"):
+        Trainer(TrainConfig(steps=5, lr_scheduler="cosine"), progress=False, log=None, checkpoints=checkpoints)
