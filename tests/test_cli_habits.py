@@ -106,6 +106,12 @@ def test_config_values_and_the_command_line_overriding_them(tmp_path):
     assert (run.training.body_lr, args.out) == (0.001, "runs/from-config")
 
 
+def test_an_abbreviated_config_option_reads_the_file_too(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("steps: 5\n")
+    assert parse("train", "--conf", config).steps == parse("train", f"--confi={config}").steps == 5
+
+
 def test_a_json_config_and_comma_lists(tmp_path):
     config = tmp_path / "bench.json"
     config.write_text(json.dumps({"task": "sst-2", "seeds": [13, 21], "methods": ["head", "pet"], "jobs": 2, "quiet": True}))

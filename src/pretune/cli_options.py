@@ -61,7 +61,7 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
-        path = _config_path(args) if "config" in {a.dest for a in self._actions} else None
+        path = self._config_path(args) if "config" in {a.dest for a in self._actions} else None
         if path is not None:
             args = self._config_arguments(path, args) + args
         return super().parse_known_args(args, namespace)
@@ -81,21 +81,30 @@ class Parser(argparse.ArgumentParser):
         return arguments
 
 
+    def _config_path(self, args: list[str]) -> str | None:
+        """The file `--config` names (the last one given), as argparse will read it."""
+        path = None
+        for index, arg in enumerate(args):
+            if arg == "--":
+                break
+            flag, equals, value = arg.partition("=")
+            if self._means_config(flag):
+                path = value if equals else (args[index + 1] if index + 1 < len(args) else None)
+        return path
+
+    def _means_config(self, flag: str) -> bool:
+        """`--config`, or an abbreviation argparse would take for it (`--conf`)."""
+        if flag == "--config":
+            return True
+        if not (flag.startswith("--") and len(flag) > 2 and self.allow_abbrev) or flag in self._option_string_actions:
+            return False
+        matches = {self._option_string_actions[s].dest for s in self._option_string_actions if s.startswith(flag)}
+        return matches == {"config"}
+
+
 def _key(option: str) -> str:
     """An option's name as a config key: no leading dashes, dashes and underscores alike."""
     return option.lstrip("-").replace("_", "-")
-
-
-def _config_path(args: list[str]) -> str | None:
-    path = None
-    for index, arg in enumerate(args):
-        if arg == "--":
-            break
-        if arg == "--config" and index + 1 < len(args):
-            path = args[index + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-    return path
 
 
 def read_config(path: str, error) -> dict:
