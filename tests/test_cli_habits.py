@@ -145,6 +145,12 @@ def test_a_bad_config_is_one_line_naming_the_file(tmp_path, capsys, text, name, 
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unknown_command_or_choice_is_one_line(capsys):
+    assert "pretune: error: unknown command 'trian' (choose one of train, eval," in usage_error(capsys, "trian")
+    assert "unknown --dtype 'bf16' (choose one of auto, float32, bfloat16, float16)" in usage_error(
+        capsys, "bench", "--dtype", "bf16")
+
+
 def test_a_missing_config_file(tmp_path, capsys):
     assert f"--config {tmp_path / 'nope.yaml'}: no such file" in usage_error(capsys, "eval", "--config", tmp_path / "nope.yaml")
 

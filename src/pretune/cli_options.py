@@ -57,7 +57,8 @@ class Parser(argparse.ArgumentParser):
     def _check_value(self, action, value):
         if action.choices is not None and value not in action.choices:
             choices = ", ".join(map(str, action.choices))
-            raise argparse.ArgumentError(None, f"unknown {action.option_strings[0]} '{value}' (choose one of {choices})")
+            name = action.option_strings[0] if action.option_strings else (action.metavar or action.dest).lower()
+            raise argparse.ArgumentError(None, f"unknown {name} '{value}' (choose one of {choices})")
 
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
@@ -76,10 +77,10 @@ class Parser(argparse.ArgumentParser):
             if action is None or action.dest in NOT_FROM_A_CONFIG:
                 self.error(f"--config {path}: unknown option '{key}'")
             given = any(a == s or a.startswith(s + "=") for a in command_line for s in action.option_strings)
-            if not (given and isinstance(action, argparse._AppendAction)):  # a repeated option: the command line's list
-                arguments += _as_arguments(action, value, f"--config {path}: '{key}'", self.error)
+            if given and isinstance(action, argparse._AppendAction):
+                continue  # a repeatable option on the command line: its list replaces the file's, not extends it
+            arguments += _as_arguments(action, value, f"--config {path}: '{key}'", self.error)
         return arguments
-
 
     def _config_path(self, args: list[str]) -> str | None:
         """The file `--config` names (the last one given), as argparse will read it."""
