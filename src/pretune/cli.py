@@ -56,7 +56,7 @@ def build_parser() -> Parser:
     demo.add_argument("--model", default=None, help="model (default: smollm2-135m)")
     demo.add_argument("--out", default="runs/demo", metavar="DIR", help="where the demo's run folders go")
     demo.add_argument("--quick", action="store_true", help="the packaged example set and a few steps per arm (for tests)")
-    apply_conventions(parser, _version())
+    apply_conventions(parser, _version())  # last: every subcommand above gets --config and the Trainer's names
     return parser
 
 
@@ -65,7 +65,6 @@ def _version() -> str:
         return metadata.version("pretune")  # the installed distribution's, as pip reports it
     except metadata.PackageNotFoundError:
         return "unknown (not installed: run from a checkout)"
-
 
 
 # ---------------------------------------------------------------- commands
