@@ -72,7 +72,7 @@ def test_existing_run_folder_is_refused_then_overwritten_on_request(trained_run,
     [
         (["--model", "no-such-model"], "cannot load model 'no-such-model'"),
         (["--model", "/no/such/folder"], "model not found: /no/such/folder"),
-        (["--method", "magic"], "unknown method 'magic'"),
+        (["--method", "magic"], "unknown --method 'magic'"),
         (["--train", "sideways"], "unknown --train 'sideways'"),
         (["--pooling", "max"], "unknown --pooling 'max'"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),

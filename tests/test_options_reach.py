@@ -58,6 +58,7 @@ OPTIONS = [
     (["--grad-accum", "4"], "training.grad_accum", 4),
     (["--lr", "0.02"], "training.lr", 0.02),
     (["--body-lr", "0.0007"], "training.body_lr", 0.0007),
+    (["--learning_rate", "0.003"], "training.body_lr", 0.003),  # and --lr: tests/test_cli_habits.py
     (["--weight-decay", "0.3"], "training.weight_decay", 0.3),
     (["--warmup-ratio", "0.25"], "training.warmup_ratio", 0.25),
     (["--max-grad-norm", "0.5"], "training.max_grad_norm", 0.5),
@@ -103,7 +104,8 @@ def test_option_lands_in_the_run_configuration(flags, where, expected):
 
 def test_the_table_covers_every_option_of_train():
     train = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices and "train" in a.choices).choices["train"]
-    flags = {action.option_strings[0] for action in train._actions if action.option_strings} - {"-h"}
+    # --config reads a file of these same options: tests/test_cli_habits.py
+    flags = {action.option_strings[0] for action in train._actions if action.option_strings} - {"-h", "--config"}
     covered = {row[0][0] for row in OPTIONS}
     assert flags == covered, f"options without a row: {sorted(flags - covered)}; rows of no option: {sorted(covered - flags)}"
 

@@ -4,7 +4,8 @@ configuration (or the method's defaults), the same way for every method."""
 import torch
 
 from conftest import sentiment_task
-from pretune.cli import RATE_DEFAULTS, main
+from pretune.cli import main
+from pretune.cli_run import RATE_DEFAULTS
 from pretune.methods import METHODS, HeadConfig, HeadMethod, build_method
 from pretune.training.trainer import TrainConfig, Trainer, optimizer_groups, set_seed
 from pretune.tuning import BodyTraining

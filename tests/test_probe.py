@@ -194,7 +194,7 @@ def test_bert_tiny_probes_two_relations_end_to_end_and_resumes(lama, tmp_path, c
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--method", "head"], "unknown --method 'head' for probe"),
+    (["--method", "head"], "unknown --method 'head' (choose one of pet, ptuning, deep-prompt)"),
     (["--multi-token", "split"], "unknown --multi-token 'split'"),
     (["--relations", "P36,P999"], "--relations: P999 not in"),
     (["--data", "/nonexistent/trex"], "--data /nonexistent/trex: no such folder"),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..errors import UserError
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # precision.DTYPES, without importing torch for --help
+
 
 def add_bench_parser(commands, add_column_arguments) -> None:
     bench = commands.add_parser(
@@ -18,14 +20,14 @@ def add_bench_parser(commands, add_column_arguments) -> None:
     bench.add_argument("--seeds", default="13,21,42,87,100", help="seeds: split K-<seed> and training seed")
     bench.add_argument("--shots", type=int, help="sample K examples per class per seed (datasets without splits)")
     bench.add_argument("--steps", type=int, default=100, help="optimizer steps of every trained arm")
-    bench.add_argument("--batch-size", type=int, default=8)
-    bench.add_argument("--eval-batch-size", type=int, default=32)
+    bench.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step")
+    bench.add_argument("--eval-batch-size", type=int, default=32, help="examples per evaluation batch")
     bench.add_argument("--threads", type=int, help="torch threads in each run (default: torch's own choice)")
-    bench.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (default 1)")
+    bench.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    bench.add_argument("--dtype", default="auto", help="number format: auto | float32 | bfloat16 | float16 (auto: "
-                       "bfloat16 where the hardware computes it natively); part of each run's key")
-    bench.add_argument("--out", help="results folder (an earlier benchmark's folder continues where it stopped)")
+    bench.add_argument("--dtype", default="auto", choices=DTYPES, help="number format (auto: bfloat16 where the "
+                       "hardware computes it natively); part of each run's key")
+    bench.add_argument("--out", metavar="DIR", help="results folder (an earlier benchmark's folder continues where it stopped)")
     bench.add_argument("--list-arms", action="store_true", help="list the arms and whether they can run here")
     bench.add_argument("--report-only", action="store_true", help="rewrite the report from --out's results; run nothing")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")

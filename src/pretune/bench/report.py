@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics as task_metrics
+from ..plots import pyplot
 from ..runs import atomic_write_text
 
 # LM-BFF (Gao et al. 2021) Table 3: RoBERTa-large (355M), K=16, mean (std) over 5 seeds. Published,
@@ -35,6 +36,7 @@ PUBLISHED = {
 }
 PUBLISHED_SOURCE = "published, RoBERTa-large, not re-run"
 FAMILY_COLOURS = {"pretune": "#1f77b4", "transformers": "#7f7f7f", "peft": "#ff7f0e"}
+NO_FIGURES = "(No figures: matplotlib is not installed; `pip install 'pretune[plots]'`, then rerun with --report-only.)"
 FAMILY_LINES = {"pretune": "-", "transformers": "--", "peft": ":"}  # the learning curves tell families apart by line
 CSV_COLUMNS = [
     "task", "model", "arm", "seed", "config", "metric", "test", "dev", "trainable_parameters", "adapter_bytes",
@@ -216,7 +218,7 @@ def _section(model: str, task: str, summaries: list[ArmSummary], arms: dict[str,
         "",
         *_arm_table(summaries, task),
         "",
-        f"![{task}: {summaries[0].metric} per arm]({figures['accuracy']})",
+        f"![{task}: {summaries[0].metric} per arm]({figures['accuracy']})" if figures else NO_FIGURES,
         "",
     ]
     if figures.get("curves"):
@@ -290,9 +292,8 @@ def _column_notes() -> list[str]:
 
 
 def _plots(out: Path, prefix: str, task: str, summaries: list[ArmSummary]) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    if pyplot() is None:  # matplotlib is an optional extra: the tables are written without figures
+        return {}
     figures = {"accuracy": f"{prefix}accuracy.png"}
     _accuracy_plot(out / figures["accuracy"], task, summaries)
     if any(run["history"] for s in summaries for run in s.runs):

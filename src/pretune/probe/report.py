@@ -12,6 +12,7 @@ import json
 import statistics
 from pathlib import Path
 
+from ..plots import pyplot
 from ..runs import atomic_write_text
 
 
@@ -109,18 +110,11 @@ def markdown(summary: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_relation(record: dict, path: Path) -> None:
     """Dev P@1 over training steps per wording, test P@1 as a marker at the chosen step."""
-    plt = _pyplot()
+    plt = pyplot()
+    if plt is None:  # matplotlib is an optional extra: results.json and results.md carry the numbers
+        return
     figure, axes = plt.subplots(figsize=(5, 3.2))
     for index, run in enumerate(record["runs"]):
         steps, scores = zip(*run["curve"]) if run["curve"] else ([0], [run["dev_p_at_1"] or 0.0])
@@ -139,7 +133,9 @@ def plot_summary(summary: dict, path: Path, title: str) -> None:
     rows = [r for r in summary["relations"] if r["test_p_at_1"] is not None]
     if not rows:
         return
-    plt = _pyplot()
+    plt = pyplot()
+    if plt is None:  # matplotlib is an optional extra: results.json and results.md carry the numbers
+        return
     figure, axes = plt.subplots(figsize=(max(5, 0.3 * len(rows)), 3.2))
     axes.bar([r["relation"] for r in rows], [r["test_p_at_1"] for r in rows])
     axes.set(ylabel="test P@1 (%)", title=f"{title}: macro {_number(summary['macro_p_at_1'])}")
