@@ -1,4 +1,4 @@
-"""The `pretune` command: train | eval | predict | models | demo | bench | probe.
+"""The `pretune` command: train | eval | predict | export | models | demo | bench | probe.
 
 Every mistake the user can fix ends as one line on stderr and exit code 2, never a traceback; an
 error of pretune's own ends as one line naming the log that holds the traceback, and exit code 1.
@@ -14,6 +14,7 @@ from pathlib import Path
 from .bench.command import add_bench_parser, cmd_bench
 from .console import quiet_libraries
 from .errors import UserError, answer
+from .export.command import add_export_parser, cmd_export
 from .probe.command import add_probe_parser, cmd_probe
 
 DTYPE_HELP = ("number format of the forward passes: auto | float32 | bfloat16 | float16 (auto: bfloat16 where "
@@ -84,13 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="label new data with a trained run")
     predict.add_argument("--run", required=True, help="a completed run folder")
-    predict.add_argument("--input", required=True, help="data file (.jsonl, .csv, .tsv); labels not needed")
+    predict.add_argument("--input", required=True, help="data file (.jsonl, .csv, .tsv, .parquet); labels not needed")
     predict.add_argument("--output", help="write predictions here (JSON lines) instead of stdout")
     predict.add_argument("--dtype", help=DTYPE_HELP + "; default: the run's own")
     _add_column_arguments(predict)
 
     commands.add_parser("models", help="list the packaged models and whether they are installed")
 
+    add_export_parser(commands)
     add_bench_parser(commands, _add_column_arguments)
     add_probe_parser(commands)
 
@@ -336,6 +338,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "export": cmd_export,
     "models": cmd_models,
     "demo": cmd_demo,
     "bench": cmd_bench,
