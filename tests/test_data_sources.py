@@ -193,3 +193,13 @@ def test_predictor_inputs_become_examples():
     assert [e.text for e in inputs_to_examples("one text")] == ["one text"]
     with pytest.raises(UserError, match=r"input 1: expected a text, a \(text, pair\) tuple"):
         inputs_to_examples(["a", 3])
+
+
+def test_zero_shot_evaluation_takes_in_memory_data_too():
+    from pretune.api import evaluate_untrained
+
+    splits = {"train": pd.DataFrame(TRAIN), "test": datasets.Dataset.from_list(TEST)}
+    config = RunConfig(task=splits, method="pet", method_options=dict(PET), dtype="float32",
+                       training=TrainConfig(device="cpu"))
+    metrics = evaluate_untrained(config, progress=False, backbone=_tiny("mlm", "bert-tiny"))
+    assert metrics["test"]["examples"] == len(TEST) and "dev" not in metrics

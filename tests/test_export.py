@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import NEGATIVE, POSITIVE, REPO, _tiny
+from conftest import NEGATIVE, POSITIVE, REPO
 from pretune.api import RunConfig, load_run, train_run
 from pretune.cli import main
 from pretune.errors import UserError
@@ -134,16 +135,31 @@ def test_smollm2_lora_through_the_cli_loads_in_peft_like_pretune_predict(tmp_pat
 # ---------------------------------------------------------------- refusals
 
 
+def configured_run(root: Path, name: str, method: str, train: str | None = None, **options) -> Path:
+    """A completed run folder whose weights are a stand-in: what a format cannot hold is decided from
+    config.yaml alone, before any model loads, so these runs need no training."""
+    from pretune.runs import RunFolder
+
+    options = {} if method == "head" else {**PROMPT, **options}
+    folder = RunFolder.create(root / name)
+    folder.write_config(RunConfig(task="unused", method=method, method_options=options, train=train).to_dict())
+    folder.save_weights({"stand_in": torch.zeros(1)})
+    folder.write_metrics({})
+    folder.complete()
+    folder.release()
+    return folder.path
+
+
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory) -> dict:
-    """Runs trained on a tiny random model: refusals are decided from config.yaml, before any model loads."""
     root = tmp_path_factory.mktemp("runs")
-    backbone = lambda: _tiny("mlm", "bert-tiny")  # noqa: E731
     return {
-        "head": run(root, "head", method="head", backbone=backbone()),
-        "ptuning": run(root, "ptuning", method="ptuning", backbone=backbone(), prompt_length=2),
-        "pet-full": run(root, "pet-full", train="full", backbone=backbone()),
-        "ptuning-lora": run(root, "ptuning-lora", method="ptuning", train="lora", backbone=backbone(), prompt_length=2),
+        "head": configured_run(root, "head", "head"),
+        "ptuning": configured_run(root, "ptuning", "ptuning", prompt_length=2),
+        "pet-full": configured_run(root, "pet-full", "pet", train="full"),
+        "ptuning-lora": configured_run(root, "ptuning-lora", "ptuning", train="lora", prompt_length=2),
+        "ensemble": configured_run(root, "ensemble", "pet", patterns=["{text} It was {mask}.", "{text} So {mask}."]),
+        "head-readout": configured_run(root, "head-readout", "ptuning", readout="head"),
     }
 
 
@@ -154,6 +170,8 @@ def tiny_runs(tmp_path_factory) -> dict:
     ("pet-full", "prompt", "--method pet trains no prompt"),
     ("ptuning-lora", "prompt", "its body trained too (--train lora)"),
     ("head", "transformers", "a --method head run holds pretune's own head"),
+    ("ensemble", "transformers", "a pattern ensemble (2 patterns) cannot be exported"),
+    ("head-readout", "prompt", "--readout head is pretune's own head at the mask"),
 ])
 def test_what_a_format_cannot_hold_is_one_line_and_exit_2(tiny_runs, tmp_path, capsys, name, format, message):
     out = tmp_path / "out"
