@@ -51,6 +51,10 @@ def export_run(run: str | os.PathLike, format: str, out: str | os.PathLike, forc
     if not hasattr(method, "prompt"):  # a distilled or weighted ensemble
         raise UserError(f"run {run}: a pattern ensemble cannot be exported; export a run of one pattern")
     source = saved.get("model_source") or {"spec": config.model, "source": method.backbone.path or config.model}
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {target}: cannot create folder {target.parent} ({error.strerror})") from None
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         {"peft": _write_peft, "transformers": _write_transformers, "prompt": _write_prompt}[format](method, staging, source)
@@ -142,8 +146,6 @@ def _checked_target(target: Path, force: bool) -> Path:
         raise UserError(f"--out {target}: is a symbolic link; give a folder")
     if target.exists() and not target.is_dir():
         raise UserError(f"--out {target}: exists and is not a folder")
-    if not target.parent.is_dir():
-        raise UserError(f"--out {target}: folder {target.parent} does not exist")
     if target.is_dir() and any(target.iterdir()):
         if not force:
             raise UserError(f"--out {target}: exists and is not empty; choose another folder or pass --force")
@@ -157,8 +159,11 @@ def _move_into_place(staging: Path, target: Path) -> None:
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
+    # The modes any folder and file the user creates get (the staging folder and some writers use 0o700/0o600).
+    for file in staging.iterdir():
+        os.chmod(file, 0o666 & ~_umask())
+    os.chmod(staging, 0o777 & ~_umask())
     os.replace(staging, target)
-    os.chmod(target, 0o777 & ~_umask())
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -45,7 +45,7 @@ def describe_prompt(method, model_source: dict) -> dict:
     template = [{"tokens": list(renderer.opening)}] if renderer.opening else []
     for segment in bound.pattern.segments:
         if isinstance(segment, Literal):
-            template.append({"tokens": list(renderer._literal_ids[segment.text])})
+            template.append({"tokens": renderer.literal_ids(segment)})
         elif isinstance(segment, Field):
             template.append({"field": segment.name, "lead": segment.lead})
         elif isinstance(segment, Mask):
