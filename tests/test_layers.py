@@ -1,7 +1,7 @@
 """The package's structure: every module imports, no import runs back up the layers, no import cycle.
 
-    core (errors, data, backbones, plots, ...) < cloze < methods < training < run_config, api < bench, demo, probe
-    < cli, cli_options, cli_run < __main__
+    core (errors, data, sources, backbones, plots, ...) < cloze < methods < training < run_config, api, export
+    < bench, demo, probe < cli, cli_options, cli_run < __main__
 
 An import inside a function counts too: it is an edge of the design even where it is lazy. The
 package's `__init__` (the public facade, loading the API on first use) stands outside the layers.
@@ -16,8 +16,8 @@ import pytest
 import pretune
 
 ROOT = Path(pretune.__file__).parent
-LAYERS = {"cloze": 1, "methods": 2, "training": 3, "api": 4, "run_config": 4, "bench": 5, "demo": 5, "probe": 5, "cli": 6, "cli_options": 6, "cli_run": 6,
-          "__main__": 7}
+LAYERS = {"cloze": 1, "methods": 2, "training": 3, "api": 4, "run_config": 4, "export": 4, "bench": 5, "demo": 5, "probe": 5,
+          "cli": 6, "cli_options": 6, "cli_run": 6, "__main__": 7}
 
 
 def modules() -> list[str]:

@@ -3,7 +3,9 @@
     from pretune import RunConfig, train_run, load_run
     result = train_run(RunConfig(task="sst-2", model="smollm2-135m", method="head"), out="runs/sst2-head")
     predictor = load_run("runs/sst2-head")
-    predictor.predict([Example("a gorgeous, witty film")])
+    predictor.predict(["a gorgeous, witty film"])   # or (text, pair) tuples, dicts, Examples
+
+The task may be a DataFrame, a datasets.Dataset / DatasetDict or a list of dicts (see `sources`).
 
 The configuration and everything built from it (checks before any model loads) live in `run_config`.
 """
@@ -21,10 +23,12 @@ import torch
 
 from . import __version__
 from .backbones import Backbone
-from .data import Example, Task
+from .data import Example, Task, check_labels
 from .errors import UserError
 from .methods import Method
 from .precision import check_dtype
+from .provenance import model_record
+from .readers import Columns, read_examples
 
 # The configuration's names are part of this API too (`from pretune.api import RunConfig`).
 from .run_config import (  # noqa: F401
@@ -40,6 +44,7 @@ from .run_config import (  # noqa: F401
     validate,
 )
 from .runs import WEIGHTS, RunFolder, atomic_write_text, guarded, open_completed, open_resumable
+from .sources import check_resumed_data, describe, examples_from, in_memory, inputs_to_examples, resumed_task
 from .training import recipes
 from .training.checkpoint import Checkpointer
 from .training.engine import processes
@@ -82,7 +87,7 @@ def train_run(
         if run is not None:
             if search is not None:  # what the search chose, every candidate's score and why
                 atomic_write_text(run.path / PROMPT_SEARCH, json.dumps(search.to_dict(), indent=2) + "\n")
-            run.write_config(_saved_config(config, task))  # at the start: what `resume_run` reads
+            run.write_config(_saved_config(config, task, backbone))  # at the start: what `resume_run` reads
         result = _train_and_evaluate(config, task, run, progress, backbone, checkpoints)
     if search is not None:
         result.metrics["prompt"] = chosen_prompt(search)
@@ -90,18 +95,23 @@ def train_run(
 
 
 def resume_run(
-    folder: str | Path, progress: bool = True, device: str | None = None, backbone: Backbone | None = None
+    folder: str | Path, progress: bool = True, device: str | None = None, backbone: Backbone | None = None,
+    data=None,
 ) -> RunResult:
     """Continue an interrupted run (killed, crashed, stopped) from its newest checkpoint, with the
     configuration of its config.yaml; the result equals that of an uninterrupted run (on CPU).
-    A run that stopped before its first checkpoint starts again from the beginning."""
+    A run that stopped before its first checkpoint starts again from the beginning. A run trained
+    on in-memory data needs that data again (`data`), checked against the hash the run recorded."""
     group = processes()
     run = open_resumable(folder, lock=group.is_main)  # one writer: a second one is refused here
     try:
-        config = config_from_dict(run.read_config(), run.path)
+        saved = run.read_config()
+        config = config_from_dict(saved, run.path)
+        config.task = resumed_task(saved, data, config.task, run.path)
         if device is not None:
             config.training.device = device
         task = prepare_task(config)
+        check_resumed_data(saved, task, run.path)
         validate(config, task)
         checkpoints = Checkpointer(run.path, config.training.checkpoint_every, write=group.is_main)
         group.on_main(checkpoints.load)  # rank 0 first: it repairs a checkpoint a kill left half-replaced
@@ -208,10 +218,12 @@ def _sizes(method: Tuned) -> dict:
     }
 
 
-def _saved_config(config: RunConfig, task: Task) -> dict:
+def _saved_config(config: RunConfig, task: Task, backbone: Backbone | None = None) -> dict:
     data = config.to_dict()
-    # Absolute paths: the run resumes from any directory.
-    data["task"] = absolute_if_path(config.task)
+    if in_memory(config.task):  # no path to record: what the data was, to check it when resuming
+        data["data_source"] = describe(config.task, task)
+    else:  # Absolute paths: the run resumes from any directory.
+        data["task"] = absolute_if_path(config.task)
     if data["method_options"].get("unlabelled"):
         data["method_options"]["unlabelled"] = absolute_if_path(data["method_options"]["unlabelled"])
     # The concrete format, so that resuming and loading the run compute as it did on any machine.
@@ -219,6 +231,7 @@ def _saved_config(config: RunConfig, task: Task) -> dict:
     data["dtype"], data["dtype_chosen"] = precision.name, precision.reason
     data["task_info"] = {"name": task.name, "labels": task.labels, "metric": task.metric}
     data["pretune_version"] = __version__
+    data["model_source"] = model_record(config.model, backbone)
     return data
 
 
@@ -258,11 +271,33 @@ class Predictor:
     def task(self) -> Task:
         return self.method.task
 
-    def scores(self, examples: list[Example], progress: bool = False) -> torch.Tensor:
+    @property
+    def columns(self) -> Columns:
+        return Columns(self.config.text_field, self.config.pair_field, self.config.label_field)
+
+    def scores(self, inputs, progress: bool = False) -> torch.Tensor:
+        """Label scores [N, C] of texts, (text, pair) tuples, dicts of columns or Examples."""
+        examples = inputs_to_examples(inputs, self.columns)
         return self.method.label_scores(examples, self.config.training.eval_batch_size, progress)
 
-    def predict(self, examples: list[Example], progress: bool = False) -> list[dict]:
+    def predict(self, inputs, progress: bool = False) -> list[dict]:
+        """One row per input (a text, a (text, pair) tuple, a dict of columns, an Example, or a list
+        of them; a DataFrame or Dataset): the predicted label and each label's probability."""
+        examples = inputs_to_examples(inputs, self.columns)
         return prediction_rows(self.task, examples, self.scores(examples, progress))
+
+    __call__ = predict
+
+    def evaluate(self, data, progress: bool = False) -> dict:
+        """Metrics on labelled data: a data file, a DataFrame, a Dataset or a list of dicts."""
+        if in_memory(data):
+            examples = examples_from(data, self.columns, split="input")
+        else:
+            examples = read_examples(data, self.columns)
+        check_labels(examples, self.task.labels, "input")
+        metrics, _ = evaluate(self.method, examples, self.task.targets(examples),
+                              self.config.training.eval_batch_size, progress)
+        return {"examples": len(examples), **metrics}
 
 
 def load_run(folder: str | Path, device: str = "auto", dtype: str | None = None) -> Predictor:

@@ -1,4 +1,4 @@
-"""The `pretune` command: train | eval | predict | models | demo | bench | probe.
+"""The `pretune` command: train | eval | predict | export | models | demo | bench | probe.
 
 Every mistake the user can fix ends as one line on stderr and exit code 2, never a traceback; an
 error of pretune's own ends as one line naming the log that holds the traceback, and exit code 1.
@@ -16,6 +16,7 @@ from .cli_options import Parser, apply_conventions, option_names, subcommands
 from .cli_run import DTYPE_HELP, DTYPES, add_column_arguments, add_run_arguments, run_config_from_args
 from .console import quiet_libraries
 from .errors import UserError, answer
+from .export.command import add_export_parser, cmd_export
 from .probe.command import add_probe_parser, cmd_probe
 from .training.tracking import TRACKERS
 
@@ -48,13 +49,14 @@ def build_parser() -> Parser:
 
     predict = commands.add_parser("predict", help="label new data with a trained run")
     predict.add_argument("--run", required=True, metavar="DIR", help="a completed run folder")
-    predict.add_argument("--input", required=True, metavar="FILE", help="data file (.jsonl, .csv, .tsv); labels not needed")
+    predict.add_argument("--input", required=True, metavar="FILE", help="data file (.jsonl, .csv, .tsv, .parquet); labels not needed")
     predict.add_argument("--output", metavar="FILE", help="write predictions here (JSON lines) instead of stdout")
     predict.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP + "; default: the run's own")
     add_column_arguments(predict)
 
     commands.add_parser("models", help="list the packaged models and whether they are installed")
 
+    add_export_parser(commands)
     add_bench_parser(commands, add_column_arguments)
     add_probe_parser(commands)
 
@@ -208,6 +210,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "export": cmd_export,
     "models": cmd_models,
     "demo": cmd_demo,
     "bench": cmd_bench,

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .readers import Columns, Example, read_examples, read_text
+from .readers import DATA_SUFFIXES, Columns, Example, read_examples, read_text
 
-__all__ = ["Columns", "Example", "Task", "read_examples", "load_task", "check_labels", "infer_labels"]
+__all__ = ["Columns", "Example", "Task", "read_examples", "load_task", "finish_task", "check_labels", "infer_labels"]
 
 METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson")
 # Other names task files use for the same metrics (GLUE's, scikit-learn's).
@@ -116,7 +116,7 @@ def load_task(
         path = found
     if not path.is_dir():  # a data file; or a FIFO, device ..., which read_examples refuses
         train = read_examples(path, columns)
-        return _finish_task(path.stem, labels, "accuracy", train, [], [], str(path))
+        return finish_task(path.stem, labels, "accuracy", train, [], [], str(path))
     return _task_from_folder(path, split_seed, columns, labels)
 
 
@@ -135,10 +135,10 @@ def _task_from_folder(folder: Path, split_seed: int | None, columns: Columns, la
     split_folder = _split_folder(folder, split_seed)
     train = _split(split_folder, "train", columns)
     if not train:
-        raise UserError(f"{folder}: no train.jsonl/.csv/.tsv in the task folder")
+        raise UserError(f"{folder}: no train.jsonl/.csv/.tsv/.parquet in the task folder")
     dev = _split(split_folder, "dev", columns) or _split(split_folder, "validation", columns)
     test = _split(folder, "test", columns) or _split(split_folder, "test", columns)
-    task = _finish_task(name, labels, metric, train, dev, test, str(split_folder), known_regression=regression)
+    task = finish_task(name, labels, metric, train, dev, test, str(split_folder), known_regression=regression)
     return task
 
 
@@ -185,7 +185,7 @@ def _meta_labels(labels, where: Path) -> list[str] | None:
 
 def _split_folder(folder: Path, split_seed: int | None) -> Path:
     """Few-shot task folders keep their splits in K-<seed>/ subfolders (LM-BFF layout)."""
-    if any((folder / f"train{s}").is_file() for s in (".jsonl", ".csv", ".tsv")):
+    if any((folder / f"train{s}").is_file() for s in DATA_SUFFIXES):
         return folder
     seeds = sorted(p for p in folder.glob("*-*") if p.is_dir() and p.name.split("-")[-1].isdigit())
     if not seeds:
@@ -200,14 +200,14 @@ def _split_folder(folder: Path, split_seed: int | None) -> Path:
 
 
 def _split(folder: Path, name: str, columns: Columns) -> list[Example]:
-    for suffix in (".jsonl", ".csv", ".tsv"):
+    for suffix in DATA_SUFFIXES:
         path = folder / f"{name}{suffix}"
         if os.path.lexists(path):  # there, even as a link to nothing: readable, or an error
             return read_examples(path, columns)
     return []
 
 
-def _finish_task(name, labels, metric, train, dev, test, source, known_regression=False) -> Task:
+def finish_task(name, labels, metric, train, dev, test, source, known_regression=False) -> Task:
     if known_regression:
         labels = None
     elif labels is None:

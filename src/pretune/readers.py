@@ -1,4 +1,4 @@
-"""Reading a user's data file (JSONL, CSV, TSV) into examples.
+"""Reading a user's data file (JSONL, CSV, TSV, Parquet) into examples.
 
 Every problem in the file is one line naming the file, the line and what is wrong: malformed JSON,
 a quote never closed, a missing column, a label that is empty, padded with spaces or a number among
@@ -48,17 +48,31 @@ class Columns:
 
 
 
+# The data files a task folder's splits may be, in the order they are looked for.
+DATA_SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet")
+
+
 def read_examples(path: str | os.PathLike, columns: Columns = Columns(), require_label: bool = True) -> list[Example]:
-    """Read a .jsonl, .csv or .tsv file into examples; one clear line on the first bad row."""
+    """Read a .jsonl, .csv, .tsv or .parquet file into examples; one clear line on the first bad row."""
     path = Path(path)
-    text = read_text(path)
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        rows = _jsonl_rows(path, text)
+    if suffix == ".parquet":
+        rows = _parquet_rows(path)
+    elif suffix in (".jsonl", ".json"):
+        rows = _jsonl_rows(path, read_text(path))
     elif suffix in (".csv", ".tsv"):
-        rows = _delimited_rows(path, text, "\t" if suffix == ".tsv" else ",")
+        rows = _delimited_rows(path, read_text(path), "\t" if suffix == ".tsv" else ",")
     else:
-        raise UserError(f"{path}: unsupported data format '{suffix}' (use .jsonl, .csv or .tsv)")
+        raise UserError(f"{path}: unsupported data format '{suffix}' (use .jsonl, .csv, .tsv or .parquet)")
+    examples = examples_from_rows(rows, columns, require_label)
+    if not examples:
+        raise UserError(f"{path}: no examples in file")
+    return examples
+
+
+def examples_from_rows(rows, columns: Columns = Columns(), require_label: bool = True) -> list[Example]:  # noqa: B008
+    """Examples from ("where", mapping) pairs, whatever held them (a file, a DataFrame, a list of
+    dicts): the same columns, label checks and one-line errors for all of them."""
     examples, kinds = [], set()
     for where, row in rows:
         # JSON class ids (0, 1) are names "0", "1"; an id among names would be a class of its own.
@@ -69,9 +83,23 @@ def read_examples(path: str | os.PathLike, columns: Columns = Columns(), require
                 kind, other = ("number", "names") if isinstance(label, int) else ("name", "numbers")
                 raise UserError(f"{where}: label {json.dumps(label)} is a {kind} while other labels are {other}")
         examples.append(_example(row, where, columns, require_label))
-    if not examples:
-        raise UserError(f"{path}: no examples in file")
     return examples
+
+
+def _parquet_rows(path: Path):
+    """("file:row N", row) for each row of a Parquet file (N from 1, as a spreadsheet counts)."""
+    _check_regular_file(path)
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise UserError(f"{path}: reading Parquet needs pyarrow: pip install 'pretune[data]'") from None
+    try:
+        table = parquet.read_table(path)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        reason = " ".join(str(error).split())[:160]
+        raise UserError(f"{path}: not a readable Parquet file ({reason})") from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield f"{path}:row {number}", row
 
 
 def _check_regular_file(path: Path, what: str = "data file") -> None:
@@ -171,7 +199,7 @@ def _csv_rows(path: Path, reader):
 def _example(row: dict, where: str, columns: Columns, require_label: bool) -> Example:
     text = row.get(columns.text)
     if text is None:
-        raise UserError(f"{where}: missing column '{columns.text}' (columns: {', '.join(map(str, row))})")
+        raise UserError(f"{where}: {_absent(row, columns.text)}")
     if not isinstance(text, str):
         raise UserError(f"{where}: column '{columns.text}' must be text, got {type(text).__name__}")
     pair = row.get(columns.pair) if columns.pair else None
@@ -179,7 +207,7 @@ def _example(row: dict, where: str, columns: Columns, require_label: bool) -> Ex
         raise UserError(f"{where}: column '{columns.pair}' must be text, got {type(pair).__name__}")
     label = row.get(columns.label)
     if label is None and require_label:
-        raise UserError(f"{where}: missing column '{columns.label}' (columns: {', '.join(map(str, row))})")
+        raise UserError(f"{where}: {_absent(row, columns.label)}")
     if isinstance(label, bool) or (label is not None and not isinstance(label, (str, int, float))):
         raise UserError(f"{where}: label must be a name or a number, got {json.dumps(label)}")
     if isinstance(label, int):
@@ -194,3 +222,10 @@ def _example(row: dict, where: str, columns: Columns, require_label: bool) -> Ex
         elif label != label.strip():
             raise UserError(f"{where}: label {json.dumps(label)} has spaces around it (labels are compared exactly)")
     return Example(text=text, text_pair=pair or None, label=label, source=where)
+
+
+def _absent(row: dict, column: str) -> str:
+    """Why a row has no value for a column: the column is not there, or its cell is empty (null, None)."""
+    if column in row:
+        return f"column '{column}' is empty"
+    return f"missing column '{column}' (columns: {', '.join(map(str, row))})"

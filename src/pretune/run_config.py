@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
-from .data import Columns, Task, few_shot_task, load_task
+from .data import Columns, Task, few_shot_task
 from .errors import UserError
 from .methods import Method, build_methods, make_config, method_spec
 from .methods.autoprompt import searched, wants_search
 from .precision import Precision, check_dtype, resolve_precision
+from .sources import in_memory, kind_of, load_any_task
 from .training import recipes
 from .training.recipes import PatternEnsemble
 from .training.trainer import TrainConfig, resolve_device, set_seed
@@ -27,9 +28,11 @@ log = logging.getLogger("pretune")
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run; saved as the run folder's config.yaml."""
+    """Everything that defines a run; saved as the run folder's config.yaml. The task is a name or
+    a path, or data in memory (a DataFrame, a datasets.Dataset or DatasetDict, a list of dicts: see
+    `sources`), which config.yaml records by kind, size and hash."""
 
-    task: str
+    task: object
     model: str = DEFAULT_MODEL
     method: str = "head"
     method_options: dict = field(default_factory=dict)
@@ -49,7 +52,9 @@ class RunConfig:
         return BodyTraining.parse(spec, lora_r=self.lora_r, lora_alpha=self.lora_alpha)
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        # In-memory data is named, never copied (asdict would deep-copy a DataFrame).
+        task = f"<in-memory {kind_of(self.task)}>" if in_memory(self.task) else str(self.task)
+        data = asdict(replace(self, task=task))
         data["train"] = str(self.body_training())
         return data
 
@@ -70,7 +75,7 @@ def prepare_task(config: RunConfig) -> Task:
     config.training.validate()
     resolve_device(config.training.device)  # a device this machine lacks: refused before any model loads
     columns = Columns(config.text_field, config.pair_field, config.label_field)
-    task = load_task(config.task, split_seed=config.split_seed, columns=columns)
+    task = load_any_task(config.task, split_seed=config.split_seed, columns=columns)
     if config.shots is not None:
         if config.shots < 1:
             raise UserError(f"--shots must be at least 1, got {config.shots}")
@@ -138,6 +143,8 @@ def config_from_dict(data: dict, folder: Path | None = None) -> RunConfig:
     data.pop("task_info", None)
     data.pop("pretune_version", None)
     data.pop("dtype_chosen", None)
+    data.pop("data_source", None)  # in-memory data: what it was (checked by `resume_run`)
+    data.pop("model_source", None)  # what the model resolved to, for the record
     data.setdefault("dtype", "float32")  # run folders from before --dtype computed in float32
     training = data.pop("training", {})
     check_fields(RunConfig, data, where)
@@ -149,8 +156,8 @@ def config_from_dict(data: dict, folder: Path | None = None) -> RunConfig:
     return RunConfig(training=TrainConfig(**training), **data)
 
 
-def absolute_if_path(spec: str) -> str:
-    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+def absolute_if_path(spec) -> str:
+    return str(Path(spec).resolve()) if Path(spec).exists() else str(spec)
 
 
 def _found_from(spec: str, folder: Path) -> str:

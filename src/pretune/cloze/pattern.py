@@ -221,6 +221,10 @@ class PatternRenderer:
         self.placeholder_id = _placeholder_id(tokenizer)
         self._literal_ids = {s.text: self.encode(s.text) for s in pattern.segments if isinstance(s, Literal)}
 
+    def literal_ids(self, literal: Literal) -> list[int]:
+        """The token ids of one of the pattern's literals (tokenized once, on its own)."""
+        return list(self._literal_ids[literal.text])
+
     def encode(self, text: str) -> list[int]:
         """Token ids of a piece of text, without special tokens."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []

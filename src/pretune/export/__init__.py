@@ -1,0 +1,1 @@
+"""A run's result in formats other tools read (`pretune export`, `export_run`); see `formats`."""
