@@ -27,6 +27,7 @@ from ..validation import check_device, check_numbers
 from .checkpoint import Checkpointer, Snapshot, restore_rng, rng_state
 from .distributed import processes
 from .evaluation import task_metrics
+from .packing import cut_by_length
 
 
 @dataclass
@@ -297,17 +298,19 @@ class Trainer:
             loop.seen += len(indices)
             if not mine:
                 continue  # a batch smaller than the number of processes: this one sits it out
-            batch = method.collate([items[i] for i in mine]).to(self.device)
-            with method.autocast():  # the forward passes only; the loss is float32, backward outside
-                scores = method(batch)
-                auxiliary = self.extra_loss() if self.extra_loss is not None else None
-            loss = loss_fn(task, scores, targets[mine].to(self.device))
-            if auxiliary is not None:
-                loss = loss + auxiliary.float()
             # Weighted by this shard's part of the batch: the processes' average is then the batch mean.
-            loss = loss * (len(mine) * self.processes.world_size / len(indices)) / config.grad_accum
-            loss.backward()
-            step_loss += loss.item()
+            share = len(mine) * self.processes.world_size / len(indices) / config.grad_accum
+            for number, part in enumerate(cut_by_length(method, mine, items)):
+                batch = method.collate([items[i] for i in part]).to(self.device)
+                with method.autocast():  # the forward passes only; the loss is float32, backward outside
+                    scores = method(batch)
+                    auxiliary = self.extra_loss() if self.extra_loss is not None and number == 0 else None
+                loss = loss_fn(task, scores, targets[part].to(self.device)) * (len(part) / len(mine))
+                if auxiliary is not None:  # once per micro-batch, however it was cut
+                    loss = loss + auxiliary.float()
+                loss = loss * share
+                loss.backward()
+                step_loss += loss.item()
         step_loss = self.processes.mean(step_loss)
         if not math.isfinite(step_loss):
             raise self._diverged("loss", step_loss, loop.step + 1)
