@@ -72,9 +72,8 @@ def test_a_frozen_body_splits_exactly_and_a_training_body_or_active_dropout_does
     method = prompt_tuning(tiny_causal, task)
     method.train()
     assert method.splits_exactly()  # frozen body: eval mode inside a training method
-    method.model.train()
-    assert not method.splits_exactly()
-    method.train()
+    unfrozen = build_method("prompt-tuning", tiny_causal, task, {"prompt_length": 3}, BodyTraining.parse("full"))
+    assert not unfrozen.train().splits_exactly()
     method.add_module("extra_dropout", torch.nn.Dropout(0.1))
     assert not method.splits_exactly()
 

@@ -92,7 +92,7 @@ class Method(nn.Module):
         """Whether a training batch scored in parts gives the scores of the batch scored whole: true
         when nothing in the forward pass draws random numbers (a frozen body is in eval mode and no
         dropout of the method's own is active), so the trainer may cut a batch by length."""
-        if self.model.training:
+        if not self.body_training.is_frozen:
             return False  # a body that trains drops out (attention dropout is not a module to inspect)
         return not any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in self.modules())
 
