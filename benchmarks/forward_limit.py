@@ -70,17 +70,24 @@ def evaluation_against_bare_forward(spec: RunSpec, arm: str) -> dict:
     }
 
 
-def training_padding(spec: RunSpec, arm: str, steps: int) -> float:
-    """The fraction of padding in the rows of the training batches the trainer draws."""
+def training_padding(spec: RunSpec, arm: str, steps: int) -> dict:
+    """The fraction of padding in the token positions of the training batches the trainer draws: each
+    batch run whole, and cut by length as the trainer runs it (`training.packing`)."""
+    from pretune.training.packing import cut_by_length
     from pretune.training.trainer import BatchOrder
 
     method, task = _method(spec, arm)
+    method.train()
     items = method.featurize(task.train, progress=False)
-    order, real, total = BatchOrder(len(items), spec.batch_size, spec.seed), 0, 0
+    order, real, whole, cut, passes = BatchOrder(len(items), spec.batch_size, spec.seed), 0, 0, 0, 0
     for _ in range(steps):
-        mask = method.collate([items[i] for i in order.next()]).attention_mask
-        real, total = real + int(mask.sum()), total + mask.numel()
-    return 1 - real / total
+        indices = order.next()
+        mask = method.collate([items[i] for i in indices]).attention_mask
+        real, whole = real + int(mask.sum()), whole + mask.numel()
+        for part in cut_by_length(method, indices, items):
+            cut += method.collate([items[i] for i in part]).attention_mask.numel()
+            passes += 1
+    return {"whole": 1 - real / whole, "cut": 1 - real / cut, "passes_per_batch": passes / steps}
 
 
 def attention_profile(spec: RunSpec, arm: str) -> dict:

@@ -165,9 +165,12 @@ def _extra_lines(extra: dict) -> list[str]:
         lines += ["", f"Start-up of a fresh process: importing torch and transformers {s['import_seconds']:.1f} s, then "
                   f"loading the model (cached safetensors) {s['load_seconds']:.1f} s."]
     if extra.get("padding") is not None:
-        lines += ["", f"Padding: {extra['padding']:.0%} of the token positions in the training batches (random batches "
-                  "of 8 sentences of different lengths, as drawn by the trainer); evaluation batches are sorted by "
-                  "length (see the token counts above)."]
+        p = extra["padding"]
+        lines += ["", f"Padding in the training batches (random batches of 8 sentences of different lengths, as drawn by "
+                  f"the trainer): {p['whole']:.0%} of the token positions when a batch runs whole; {p['cut']:.0%} as the "
+                  f"trainer runs it, cut by length into {p['passes_per_batch']:.1f} forward passes per batch on average "
+                  "(`training/packing.py`; same gradient). Evaluation batches are sorted by length (see the token "
+                  "counts above)."]
     return lines
 
 

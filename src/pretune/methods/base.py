@@ -88,6 +88,14 @@ class Method(nn.Module):
         """How long an item is, so evaluation can batch items of similar length together."""
         return len(item)
 
+    def splits_exactly(self) -> bool:
+        """Whether a training batch scored in parts gives the scores of the batch scored whole: true
+        when nothing in the forward pass draws random numbers (a frozen body is in eval mode and no
+        dropout of the method's own is active), so the trainer may cut a batch by length."""
+        if not self.body_training.is_frozen:
+            return False  # a body that trains drops out (attention dropout is not a module to inspect)
+        return not any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in self.modules())
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The trainable parameters by role (`ROLES`)."""
         raise NotImplementedError

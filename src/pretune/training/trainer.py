@@ -29,6 +29,7 @@ from .checkpoint import Checkpointer, Snapshot, restore_rng, rng_state
 from .config import TrainConfig, TrainResult
 from .engine import Engine, processes
 from .evaluation import task_metrics
+from .packing import cut_by_length
 from .schedule import learning_rate_schedule, warmup_steps
 from .tracking import TRACKING, Reporter
 
@@ -262,17 +263,21 @@ class Trainer:
             # A batch smaller than the number of processes leaves this one no example: it still takes
             # part in the gradient exchange, with one example at weight 0.
             mine = mine or indices[:1]
+            # One process: the micro-batch may run as parts of similar length (`packing`); under DDP every
+            # backward pass is a gradient exchange, so there it runs whole.
+            parts = cut_by_length(method, mine, items) if self.processes.world_size == 1 else [mine]
             with self.engine.micro_batch(model):
-                batch = method.collate([items[i] for i in mine]).to(self.device)
-                with method.autocast():  # the forward passes only; the loss is float32, backward outside
-                    scores = model(batch)
-                    auxiliary = self.extra_loss() if self.extra_loss is not None else None
-                loss = loss_fn(task, scores, targets[mine].to(self.device))
-                if auxiliary is not None:
-                    loss = loss + auxiliary.float()
-                loss = loss * weight
-                self.engine.backward(loss)  # of loss / grad_accum: the step's mean over its micro-batches
-            step_loss += (loss.detach() / config.grad_accum).item()
+                for number, part in enumerate(parts):
+                    batch = method.collate([items[i] for i in part]).to(self.device)
+                    with method.autocast():  # the forward passes only; the loss is float32, backward outside
+                        scores = model(batch)
+                        auxiliary = self.extra_loss() if self.extra_loss is not None and number == 0 else None
+                    loss = loss_fn(task, scores, targets[part].to(self.device)) * (len(part) / len(mine))
+                    if auxiliary is not None:  # once per micro-batch, however it was cut
+                        loss = loss + auxiliary.float()
+                    loss = loss * weight
+                    self.engine.backward(loss)  # of loss / grad_accum: the step's mean over its micro-batches
+                    step_loss += (loss.detach() / config.grad_accum).item()
         step_loss = self.processes.mean(step_loss)
         if not math.isfinite(step_loss):
             raise self._diverged("loss", step_loss, loop.step + 1)

@@ -1,0 +1,98 @@
+"""Training batches cut by length: the cut is the cheapest one, and the gradient does not change."""
+
+import itertools
+
+import pytest
+import torch
+
+from pretune.methods import build_method
+from pretune.training import packing
+from pretune.training.packing import CALL_COST_TOKENS, cut_by_length, length_groups
+from pretune.training.trainer import TrainConfig, Trainer, set_seed
+from pretune.tuning import BodyTraining
+
+
+def padded_cost(lengths, groups, call_cost):
+    return sum(len(g) * max(lengths[i] for i in g) + call_cost for g in groups)
+
+
+def every_grouping(order):
+    """All ways to cut a sorted order into consecutive groups."""
+    n = len(order)
+    for cuts in itertools.product([False, True], repeat=n - 1):
+        groups, start = [], 0
+        for position, cut in enumerate(cuts, start=1):
+            if cut:
+                groups.append(order[start:position])
+                start = position
+        groups.append(order[start:])
+        yield groups
+
+
+@pytest.mark.parametrize("lengths", [[12, 58, 15, 18, 22, 25, 30, 41], [5, 90, 6, 88], [30, 31, 29, 30]])
+def test_length_groups_is_the_cheapest_cut_of_the_sorted_batch(lengths):
+    groups = length_groups(lengths, call_cost=CALL_COST_TOKENS)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # every item, once
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    cheapest = min(padded_cost(lengths, g, CALL_COST_TOKENS) for g in every_grouping(order))
+    assert padded_cost(lengths, groups, CALL_COST_TOKENS) == cheapest
+
+
+def test_equal_lengths_and_a_high_call_cost_keep_the_batch_whole():
+    assert length_groups([20] * 8) == [list(range(8))]
+    assert length_groups([5, 90, 6, 88], call_cost=10_000) == [[0, 2, 3, 1]]
+    assert length_groups([5, 90, 6, 88], call_cost=0) == [[0], [2], [3], [1]]
+
+
+class Scripted:
+    """A method stand-in: items are their lengths; says whether it may be cut."""
+
+    def __init__(self, exact):
+        self.exact = exact
+
+    def splits_exactly(self):
+        return self.exact
+
+    def item_length(self, item):
+        return item
+
+
+def test_cut_by_length_keeps_indices_and_refuses_when_the_forward_pass_is_random():
+    items = [10, 80, 12, 78]
+    assert cut_by_length(Scripted(True), [0, 1, 2, 3], items) == [[0, 2], [3, 1]]
+    assert cut_by_length(Scripted(False), [0, 1, 2, 3], items) == [[0, 1, 2, 3]]
+    assert cut_by_length(Scripted(True), [1, 3], items) == [[3, 1]]  # indices of the items, not positions
+
+
+def prompt_tuning(backbone, task):
+    return build_method("prompt-tuning", backbone, task, {"prompt_length": 3}, BodyTraining.parse("frozen"))
+
+
+def test_a_frozen_body_splits_exactly_and_a_training_body_or_active_dropout_does_not(tiny_causal, task):
+    method = prompt_tuning(tiny_causal, task)
+    method.train()
+    assert method.splits_exactly()  # frozen body: eval mode inside a training method
+    unfrozen = build_method("prompt-tuning", tiny_causal, task, {"prompt_length": 3}, BodyTraining.parse("full"))
+    assert not unfrozen.train().splits_exactly()
+    method.add_module("extra_dropout", torch.nn.Dropout(0.1))
+    assert not method.splits_exactly()
+
+
+def trained_prompt(backbone, task, call_cost, monkeypatch):
+    """The soft prompt after 3 steps of batch 8, with batches cut at `call_cost`."""
+    monkeypatch.setattr(packing, "CALL_COST_TOKENS", call_cost)
+    set_seed(0)
+    method = prompt_tuning(backbone, task)
+    items = method.featurize(task.train)
+    assert len({method.item_length(item) for item in items}) > 2  # lengths differ: the cut matters
+    config = TrainConfig(steps=3, batch_size=8, warmup_ratio=0.0, lr=0.05, seed=0)
+    Trainer(config, progress=False, log=None).fit(method, items, task.targets(task.train))
+    return method.soft_prompt().detach().clone()
+
+
+def test_training_on_batches_cut_by_length_gives_the_weights_of_whole_batches(tiny_causal, task, monkeypatch):
+    whole = trained_prompt(tiny_causal, task, 10**9, monkeypatch)  # never cut
+    singles = trained_prompt(tiny_causal, task, 0, monkeypatch)  # every item its own forward pass
+    set_seed(0)
+    assert not torch.equal(whole, prompt_tuning(tiny_causal, task).soft_prompt())  # training moved the prompt
+    torch.testing.assert_close(singles, whole, rtol=1e-5, atol=1e-6)
