@@ -85,16 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="label new data with a trained run")
     predict.add_argument("--run", required=True, help="a completed run folder")
-    predict.add_argument("--input", required=True, help="data file (.jsonl, .csv, .tsv, .parquet); labels not needed")
+    predict.add_argument("--input", required=True, help="data file (.jsonl, .csv, .tsv); labels not needed")
     predict.add_argument("--output", help="write predictions here (JSON lines) instead of stdout")
     predict.add_argument("--dtype", help=DTYPE_HELP + "; default: the run's own")
     _add_column_arguments(predict)
 
     commands.add_parser("models", help="list the packaged models and whether they are installed")
 
-    add_export_parser(commands)
     add_bench_parser(commands, _add_column_arguments)
     add_probe_parser(commands)
+    add_export_parser(commands)
 
     demo = commands.add_parser("demo", help="the main job in small: few-shot SST-2 on the default model")
     demo.add_argument("--model", default=None, help="model (default: smollm2-135m)")
