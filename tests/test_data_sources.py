@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import NEGATIVE, POSITIVE, _tiny
+from conftest import NEGATIVE, POSITIVE, REPO, _tiny
 from pretune.api import RunConfig, load_run, resume_run, train_run
 from pretune.cli import main
 from pretune.data import Example
@@ -203,3 +203,29 @@ def test_zero_shot_evaluation_takes_in_memory_data_too():
                        training=TrainConfig(device="cpu"))
     metrics = evaluate_untrained(config, progress=False, backbone=_tiny("mlm", "bert-tiny"))
     assert metrics["test"]["examples"] == len(TEST) and "dev" not in metrics
+
+
+def test_the_core_needs_neither_pandas_nor_datasets():
+    """In-memory data is recognised without importing pandas or datasets (nor torch: sources is core)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from pretune.sources import task_from_data\n"
+            "task_from_data([{'text': 'a', 'label': 'x'}, {'text': 'b', 'label': 'y'}])\n"
+            "print(sorted(m for m in ('pandas', 'datasets', 'pyarrow', 'torch') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # this checkout's pretune
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout.strip() == "[]"
+
+
+def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from pretune.readers import read_examples
+
+    pd.DataFrame(TRAIN).to_parquet(tmp_path / "train.parquet")
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if pyarrow were not installed
+    with pytest.raises(UserError, match=r"train.parquet: reading Parquet needs pyarrow: pip install 'pretune\[data\]'"):
+        read_examples(tmp_path / "train.parquet")
