@@ -191,6 +191,22 @@ def test_masked_lm_auxiliary_rows_mask_fifteen_percent_of_the_plain_text_tokens(
         assert (batch.labels[row, len(original) :] == -100).all()
 
 
+def test_the_only_plain_token_is_the_one_masked_never_a_soft_token_after_the_pattern_mask(tiny_mlm, task):
+    """One plain token ("bore") between soft tokens, three of them after the mask: whatever the draw,
+    the one masked token is "bore" (a soft token's answer is not a word of the text)."""
+    from pretune.data import Example
+
+    method = build_method(RunConfig(task="sst-2", model="bert-tiny", method="ptuning",
+                                    method_options={"patterns": ["[P] {text} {mask} [P*3]"]}), task, backbone=tiny_mlm)
+    (rendered,) = method.featurize([Example("bore")], progress=False)
+    bore = tiny_mlm.tokenizer.convert_tokens_to_ids("bore")
+    assert rendered.prefix[2] == bore and rendered.soft_in_suffix == [0, 1, 2]
+    for seed in range(8):
+        torch.manual_seed(seed)
+        batch = method.lm.language_modelling_batch([rendered], method.prompt.renderer)
+        assert batch.labels[0].tolist() == [-100, -100, bore, -100, -100, -100, -100, -100], seed
+
+
 def test_one_plain_token_is_masked_when_fifteen_percent_rounds_to_zero(tiny_mlm, task):
     from pretune.data import Example
 
