@@ -49,7 +49,7 @@ def run_fast_suite(source: Path) -> tuple[bool, str, float]:
     """(suite passed, first failing test, seconds) with `source` as the package's src folder."""
     env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": "1"}
     # The value tests first (pytest drops the repeated paths), so a caught bug stops the run early.
-    first = [str(ROOT / "tests" / name) for name in ("test_training_values.py", "test_cloze_values.py")]
+    first = [str(ROOT / "tests" / name) for name in ("test_training_values.py", "test_cloze_values.py", "test_ensemble_values.py")]
     command = [sys.executable, "-m", "pytest", "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider",
                "-o", "pythonpath=", *first, str(ROOT / "tests")]
     start = time.perf_counter()

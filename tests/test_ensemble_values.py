@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -163,6 +164,19 @@ def test_distillation_trains_the_first_member_on_its_own_rendering_with_dev_and_
     assert all(("dev_accuracy" in row) == with_dev for row in result.history)
 
 
+def test_without_unlabelled_texts_each_members_auxiliary_loss_reads_its_own_training_items(task, monkeypatch):
+    options = {"patterns": ENSEMBLE_PATTERNS, "verbalizer": ENSEMBLE_WORDS, "aux_lm_weight": 0.5}
+    config = RunConfig(task="sst-2", model="bert-tiny", method="pet", train="bitfit", method_options=options,
+                       training=TrainConfig(steps=1, batch_size=4, body_lr=1e-3))
+    method = build_method(config, task, backbone=_tiny("mlm", "bert-tiny"))
+    items, targets = method.featurize(task.train, progress=False), task.targets(task.train)
+    calls = fit_calls(monkeypatch)
+    recipes.fit(method, Trainer(config.training, progress=False, log=None), items, targets)
+    assert len(calls) == 2
+    for index, call in enumerate(calls):
+        assert call["extra_loss"].items is items[index] and call["extra_loss"].weight == 0.5
+
+
 def read_unlabelled(path):
     from pretune.data import read_examples
 
@@ -233,12 +247,16 @@ def test_summary_of_runs_under_a_second_still_reports_their_speed():
 
 
 class ScriptedMember:
-    """An ensemble member whose items are its label scores: what it predicts is written in the test."""
+    """An ensemble member whose items are its label scores: what it predicts is written in the test
+    (an example's own text, if featurized, is not read: every example scores as `RIGHT_1`)."""
 
     def __init__(self, config):
         self.config, self.task, self.name = config, None, "scripted"
         self.prompt = SimpleNamespace(pattern="scripted")
         self.weight = torch.zeros(1)
+
+    def featurize(self, examples, progress=True):
+        return [RIGHT_1 for _ in examples]
 
     def score_items(self, items, batch_size=32, progress=False, desc="scoring"):
         return torch.tensor(items, dtype=torch.float32)
@@ -313,3 +331,24 @@ def test_an_untrained_ensemble_saves_its_bodys_own_names_and_loads_back_as_an_en
     again = build_method(cloze_config(patterns=ENSEMBLE_PATTERNS), task, backbone=_tiny("mlm", "bert-tiny"))
     again.load_trainable_state_dict(state)
     assert not again.distilled and len(again.active) == 2
+
+
+def test_a_distilled_ensembles_summary_is_the_distilled_models_not_the_members_mean():
+    """Stage results scripted: members 0.5 and 0.7 on dev, the distilled model 0.9."""
+    config = SimpleNamespace(ensemble_weighting="uniform", distil=True, distil_temperature=2.0,
+                             unlabelled_examples=lambda: ["unlabelled one", "unlabelled two"])
+    ensemble = recipes.PatternEnsemble([ScriptedMember(config) for _ in range(2)])
+    results = [MEMBER_A, MEMBER_B, DISTILLED]
+    stages = []
+
+    def fit(method, items, targets, dev_items, dev_targets, stage, extra_loss):
+        stages.append((stage, targets))
+        return results[stage]
+
+    trainer = SimpleNamespace(config=SimpleNamespace(eval_batch_size=8), fit=fit)
+    summary = recipes.fit(ensemble, trainer, TRAIN_ITEMS, TRAIN_TARGETS, DEV_ITEMS, DEV_TARGETS)
+    assert summary.best_dev == pytest.approx(0.9) and summary.best_step == 2 and summary.steps == 24
+    assert [stage for stage, _ in stages] == [0, 1, 2] and ensemble.distilled
+    # the soft labels: both members score every unlabelled text [0, 1]; at T = 2 that is softmax([0, 0.5])
+    positive = 1 / (1 + math.exp(-0.5))
+    assert torch.allclose(torch.tensor(stages[2][1]), torch.tensor([[1 - positive, positive]] * 2))
