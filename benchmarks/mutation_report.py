@@ -48,7 +48,7 @@ def diff(mutant: str) -> str:
 # diff: (what the mutant changes, why it is equivalent). Anything else needs a named reason in
 # benchmarks/mutation_equivalent.json, or a test.
 EQUIVALENT_PATTERNS = [
-    (r"device=None|\.to\(None\)|device=[a-z_.]*device\b.*->|non_blocking=(False|None)",
+    (r"device=None|\.to\(None[,)]|device=[a-z_.]*device\b.*->|non_blocking=(False|None)",
      "where a tensor lives, or a copy hint: on CPU (the suite's platform) nothing moves; CUDA placement is "
      "checked on a lent GPU, not by the CPU suite"),
     (r'float\("[-+]?(INF|Inf|inf)"\)', "float() reads infinity in any letter case"),
