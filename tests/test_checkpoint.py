@@ -291,8 +291,9 @@ def test_identical_weights_give_identical_adapter_bytes_in_every_process():
         "state = {'head.1.weight': torch.arange(6.).view(2, 3), 'head.1.bias': torch.ones(2), 'b': torch.zeros(1)}\n"
         "print(hashlib.sha256(weights_bytes(state)).hexdigest())\n"
     )
-    digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-               for _ in range(2)}
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]  # at once
+    digests = {run.communicate(timeout=300)[0] for run in runs}
+    assert [run.returncode for run in runs] == [0, 0]
     header = weights_bytes({"b": torch.zeros(1), "a": torch.ones(2)})[8:].split(b"}}")[0] + b"}}"
     assert len(digests) == 1 and header.startswith(b'{"__metadata__":{"format":"pt","pretune":')  # sorted keys
 

@@ -1,10 +1,9 @@
 """The cloze (PET) computations checked by value: how a label's words combine (directly and through
-the method, which must honour --aggregate), the auxiliary LM loss, the ensemble's dev weights and
-the distillation targets' temperature, each against numbers computed outside the method."""
+the method, which must honour --aggregate), the auxiliary LM loss and its rows, each against numbers
+computed outside the method. Ensembles and distillation: test_ensemble_values.py."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -144,82 +143,6 @@ def test_auxiliary_lm_loss_is_added_with_its_weight(tmp_path, task):
     assert losses[1.0] - losses[0.0] == pytest.approx(lm_loss, rel=1e-4)
 
 
-# ---------------------------------------------------------------- ensembles and distillation
-
-# On the real bert-tiny, zero-shot on the dev sentences: 6/8 right with the first pattern, 4/8 with the second.
-ENSEMBLE_PATTERNS = ["{text} It was {mask}.", "{mask} : {text}"]
-ENSEMBLE_WORDS = "negative=terrible positive=good"
-
-
-@pytest.fixture(scope="module")
-def bert_tiny_once():
-    """The real bert-tiny, loaded once for this module; tests train deep copies of it."""
-    from pretune.backbones import load_backbone
-
-    return load_backbone("bert-tiny")
-
-
-def test_dev_weighting_weights_members_by_their_accuracy_before_training(task, bert_tiny_once):
-    """The members' weights are their zero-shot dev accuracies, normalised; computed here from
-    each pattern alone, before training, and different from uniform."""
-    accuracies = [_zero_shot_dev_accuracy(pattern, task, bert_tiny_once) for pattern in ENSEMBLE_PATTERNS]
-    assert accuracies[0] != accuracies[1], accuracies  # otherwise dev weighting would look uniform
-    expected = torch.tensor(accuracies) / sum(accuracies)
-    for weighting, wanted in (("dev", expected), ("uniform", torch.tensor([0.5, 0.5]))):
-        method = _trained_ensemble(task, copy.deepcopy(bert_tiny_once), ensemble_weighting=weighting)
-        assert torch.allclose(method.trainable_state_dict()["ensemble.weights"], wanted, atol=1e-6)
-
-
-def _zero_shot_dev_accuracy(pattern: str, task, backbone) -> float:
-    options = {"patterns": [pattern], "verbalizer": ENSEMBLE_WORDS}
-    config = RunConfig(task="sst-2", model="bert-tiny", method="pet", method_options=options)
-    method = build_method(config, task, backbone=backbone)
-    predictions = method.label_scores(task.dev).argmax(-1)
-    return float((predictions == torch.tensor(task.targets(task.dev))).float().mean())
-
-
-def _trained_ensemble(task, backbone, patterns=ENSEMBLE_PATTERNS, **options):
-    config = RunConfig(
-        task="sst-2", model="bert-tiny", method="pet", train="bitfit",
-        method_options={"patterns": list(patterns), "verbalizer": ENSEMBLE_WORDS, **options},
-        training=TrainConfig(steps=2, batch_size=4, body_lr=1e-3),
-    )
-    method = build_method(config, task, backbone=backbone)
-    items = method.featurize(task.train, progress=False)
-    targets = task.targets(task.train)
-    trainer = Trainer(config.training, progress=False, log=None)
-    recipes.fit(method, trainer, items, targets, items, targets)
-    return method
-
-
-def distillation_targets(task, unlabelled, temperature, monkeypatch) -> torch.Tensor:
-    """The soft labels the distillation phase trains on (the last fit's targets)."""
-    calls = []
-    original = Trainer.fit
-
-    def recording(self, method, train_items, train_targets, *args, **kwargs):
-        calls.append(train_targets)
-        return original(self, method, train_items, train_targets, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "fit", recording)
-    same = ["{text} It was {mask}."] * 2  # two identical members: their mixture is one member's distribution
-    _trained_ensemble(task, _tiny("mlm", "bert-tiny"), patterns=same, distil=True, unlabelled=str(unlabelled), distil_temperature=temperature)
-    assert len(calls) == 3  # two members, then the distillation
-    return torch.tensor(calls[-1])
-
-
-def test_distillation_targets_are_the_ensemble_distribution_at_the_temperature(tmp_path, task, monkeypatch):
-    """softmax(s / T): the log-odds of the soft labels at T are those at T=1 divided by T."""
-    unlabelled = tmp_path / "unlabelled.jsonl"
-    unlabelled.write_text("".join(json.dumps({"text": e.text}) + "\n" for e in task.train))
-    plain = distillation_targets(task, unlabelled, 1.0, monkeypatch)
-    soft = distillation_targets(task, unlabelled, 4.0, monkeypatch)
-    assert plain.shape == (len(task.train), 2)
-    assert torch.allclose(plain.sum(-1), torch.ones(len(task.train)), atol=1e-5)
-    log_odds = lambda p: (p[:, 1] / p[:, 0]).log()  # noqa: E731
-    assert log_odds(plain).abs().max() > 1e-3
-    assert torch.allclose(log_odds(soft), log_odds(plain) / 4.0, atol=1e-4)
-
 
 def test_zero_shot_evaluation_matches_the_scored_accuracy(task_folder, tiny_mlm):
     config = cloze_config(str(task_folder))
@@ -268,6 +191,22 @@ def test_masked_lm_auxiliary_rows_mask_fifteen_percent_of_the_plain_text_tokens(
         assert (batch.labels[row, len(original) :] == -100).all()
 
 
+def test_the_only_plain_token_is_the_one_masked_never_a_soft_token_after_the_pattern_mask(tiny_mlm, task):
+    """One plain token ("bore") between soft tokens, three of them after the mask: whatever the draw,
+    the one masked token is "bore" (a soft token's answer is not a word of the text)."""
+    from pretune.data import Example
+
+    method = build_method(RunConfig(task="sst-2", model="bert-tiny", method="ptuning",
+                                    method_options={"patterns": ["[P] {text} {mask} [P*3]"]}), task, backbone=tiny_mlm)
+    (rendered,) = method.featurize([Example("bore")], progress=False)
+    bore = tiny_mlm.tokenizer.convert_tokens_to_ids("bore")
+    assert rendered.prefix[2] == bore and rendered.soft_in_suffix == [0, 1, 2]
+    for seed in range(8):
+        torch.manual_seed(seed)
+        batch = method.lm.language_modelling_batch([rendered], method.prompt.renderer)
+        assert batch.labels[0].tolist() == [-100, -100, bore, -100, -100, -100, -100, -100], seed
+
+
 def test_one_plain_token_is_masked_when_fifteen_percent_rounds_to_zero(tiny_mlm, task):
     from pretune.data import Example
 
@@ -277,70 +216,23 @@ def test_one_plain_token_is_masked_when_fifteen_percent_rounds_to_zero(tiny_mlm,
     assert int((batch.labels != -100).sum()) == 1  # 4 plain tokens: round(0.6) = 1
 
 
-# ---------------------------------------------------------------- a distilled model, reloaded
+@pytest.mark.parametrize("kind", ["mlm", "causal"])
+def test_texts_with_nothing_to_predict_give_no_auxiliary_batch_and_no_auxiliary_loss(task, kind):
+    """Empty texts in a pattern of soft tokens and the mask: no token is left to predict (masked LM) or
+    every one is soft (causal LM). Then there is no batch, and the auxiliary loss adds nothing (a loss
+    over no tokens would be NaN)."""
+    from pretune.data import Example
 
-
-def test_a_distilled_state_loads_into_the_first_member_and_scores_alone(task):
-    method = build_method(cloze_config(patterns=ENSEMBLE_PATTERNS), task, backbone=_tiny("mlm", "bert-tiny"))
-    first = method.members[0]
-    changed = {name: tensor + 0.01 for name, tensor in first.trainable_state_dict().items()}
-    method.load_trainable_state_dict({"distilled." + name: tensor for name, tensor in changed.items()})
-    assert method.distilled
-    state = first.trainable_state_dict()
-    assert state.keys() == changed.keys() and all(torch.equal(state[k], changed[k]) for k in state)
-    assert torch.allclose(method.label_scores(task.test), first.label_scores(task.test))
-    saved = method.trainable_state_dict()
-    assert set(saved) == {"distilled." + name for name in changed}
-
-
-def fit_calls(monkeypatch) -> list[dict]:
-    """Every Trainer.fit call, with what it was given."""
-    calls = []
-    original = Trainer.fit
-
-    def recording(self, method, train_items, train_targets, dev_items=None, dev_targets=None, stage=0, extra_loss=None):
-        call = {"method": method, "items": train_items, "targets": train_targets, "dev": dev_items,
-                "dev_targets": dev_targets, "stage": stage, "extra_loss": extra_loss}
-        calls.append(call)
-        call["result"] = original(self, method, train_items, train_targets, dev_items, dev_targets, stage, extra_loss)
-        return call["result"]
-
-    monkeypatch.setattr(Trainer, "fit", recording)
-    return calls
-
-
-@pytest.mark.parametrize("with_dev", [True, False])
-def test_distillation_trains_the_first_member_on_its_own_rendering_with_dev_and_auxiliary_loss(tmp_path, task, monkeypatch, with_dev):
-    unlabelled = tmp_path / "unlabelled.jsonl"
-    unlabelled.write_text("".join(json.dumps({"text": e.text}) + "\n" for e in task.test[:5]))
-    options = {"patterns": ENSEMBLE_PATTERNS, "verbalizer": ENSEMBLE_WORDS, "distil": True, "unlabelled": str(unlabelled),
-               "aux_lm_weight": 0.5}
-    config = RunConfig(task="sst-2", model="bert-tiny", method="pet", train="bitfit", method_options=options,
-                       training=TrainConfig(steps=2, batch_size=4, body_lr=1e-3, eval_every=1))
-    method = build_method(config, task, backbone=_tiny("mlm", "bert-tiny"))
-    items, targets = method.featurize(task.train, progress=False), task.targets(task.train)
-    calls = fit_calls(monkeypatch)
-    dev = (items, targets) if with_dev else (None, None)
-    result = recipes.fit(method, Trainer(config.training, progress=False, log=None), items, targets, *dev)
-    members, distil = calls[:2], calls[2]
-    assert [c["stage"] for c in calls] == [0, 1, 2] and [c["method"] for c in members] == method.members
-    for index, call in enumerate(members):  # each member on its own rendering, its dev, its auxiliary loss
-        assert call["items"] is items[index] and ((call["dev"] is items[index]) if with_dev else call["dev"] is None)
-        assert call["extra_loss"] is not None and call["extra_loss"].method is method.members[index]
-    assert distil["method"] is method.members[0]
-    unlabelled_items = method.members[0].featurize(read_unlabelled(unlabelled), progress=False)
-    assert [r.prefix for r in distil["items"]] == [r.prefix for r in unlabelled_items]
-    assert (distil["dev"] is items[0]) if with_dev else distil["dev"] is None
-    assert [r.prefix for r in distil["extra_loss"].items] == [r.prefix for r in unlabelled_items]
-    assert method.distilled and len(result.history) == 3 * 2
-    assert result.best_dev == distil["result"].best_dev  # the distilled model's, not the members' mean
-    assert all(("dev_accuracy" in row) == with_dev for row in result.history)
-
-
-def read_unlabelled(path):
-    from pretune.data import read_examples
-
-    return read_examples(path, require_label=False)
+    model = {"mlm": "bert-tiny", "causal": "tiny"}[kind]
+    backbone = _tiny(kind, {"mlm": "bert-tiny", "causal": "smollm2-135m"}[kind])
+    config = RunConfig(task="sst-2", model=model, method="ptuning", method_options={"patterns": ["[P*2] {text} {mask}"]})
+    method = build_method(config, task, backbone=backbone)
+    rendered = method.featurize([Example(""), Example("")], progress=False)
+    assert method.lm.language_modelling_batch(rendered, method.prompt.renderer) is None
+    method.train()
+    assert recipes.AuxiliaryLM(method, rendered, weight=1.0, batch_size=2)() is None
+    with_text = method.featurize([Example("a bore")], progress=False)
+    assert recipes.AuxiliaryLM(method, with_text, weight=1.0, batch_size=2)() is not None
 
 
 def test_causal_auxiliary_rows_predict_every_token_but_the_soft_ones(tiny_causal, task):
@@ -384,13 +276,6 @@ def test_auxiliary_loss_of_a_padded_batch_equals_the_rows_losses_computed_alone(
         masked = int((labels != -100).sum())
         total, count = total + row_loss * masked, count + masked
     assert loss == pytest.approx(2.0 * total / count, rel=1e-5)
-
-
-def test_an_ensemble_counts_the_shared_body_once(task):
-    method = build_method(cloze_config(patterns=ENSEMBLE_PATTERNS), task, backbone=_tiny("mlm", "bert-tiny"))
-    one = build_method(cloze_config(), task, backbone=_tiny("mlm", "bert-tiny"))
-    assert sum(p.numel() for p in method.parameters()) == sum(p.numel() for p in one.parameters())
-    assert len(list(method.parameters())) == len(list(one.parameters()))
 
 
 def test_a_verbalizer_prints_as_it_parses_with_semicolons_only_where_a_name_holds_a_space():

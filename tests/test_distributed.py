@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from pretune.training.engine import Processes
+from pretune.training.trainer import TrainConfig, Trainer
 
 
 def test_each_process_takes_every_nth_example_of_a_batch():
@@ -14,6 +16,45 @@ def test_each_process_takes_every_nth_example_of_a_batch():
     shards = [Processes(rank, 2).shard(batch) for rank in range(2)]
     assert shards == [[7, 5, 0], [3, 1]]
     assert Processes().shard(batch) == batch and Processes().is_main and not Processes().is_distributed
+
+
+class RankZeroOfTwo(Processes):
+    """Rank 0 of a group of 2, in one process: `gather` returns its own value and the one rank 1 sends."""
+
+    def __init__(self, from_rank_1):
+        super().__init__(rank=0, world_size=2)
+        self.from_rank_1 = from_rank_1
+
+    def gather(self, value) -> list:
+        return [value, self.from_rank_1]
+
+
+class ScriptedScores:
+    """A method whose items are its label scores; records how many items each scoring call got."""
+
+    def __init__(self, task):
+        self.task, self.scored = task, []
+
+    def score_items(self, items, batch_size=32, progress=False, desc="scoring"):
+        self.scored.append(len(items))
+        return torch.tensor(items, dtype=torch.float32)
+
+
+def test_two_processes_score_dev_in_shards_and_both_see_the_metrics_of_the_whole_of_it(task):
+    """Five dev examples over two processes: rank 0 scores examples 0, 2, 4 and rank 1 examples 1, 3;
+    the gathered scores, put back in order, must give rank 0 the metrics of the whole dev set."""
+    right_0, right_1 = [2.0, -1.0], [-1.0, 2.0]
+    targets = [0, 1, 1, 0, 1]
+    items = [right_0, right_1, right_1, right_1, right_0]  # wrong on examples 3 and 4: accuracy 3/5
+    trainer = Trainer(TrainConfig(steps=1), progress=False, log=None)
+    trainer.method = ScriptedScores(task)
+    alone = trainer._evaluate(items, targets)
+    trainer.method = ScriptedScores(task)
+    trainer.processes = RankZeroOfTwo(from_rank_1=torch.tensor([items[1], items[3]]))
+    sharded = trainer._evaluate(items, targets)
+    assert alone["accuracy"] == pytest.approx(0.6)
+    assert sharded == alone
+    assert trainer.method.scored == [3]  # its own shard only
 
 
 @pytest.mark.slow

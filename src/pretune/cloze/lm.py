@@ -225,7 +225,7 @@ class CausalLM:
     @staticmethod
     def _causal_row(rendered: Rendered) -> tuple[list[int], list[int]]:
         tokens = rendered.prefix + rendered.suffix
-        soft = set(rendered.soft_in_prefix) | {len(rendered.prefix) + i for i in rendered.soft_in_suffix}
+        soft = set(rendered.soft_in_prefix)  # none after the mask: check_pattern refuses them for a causal LM
         return tokens, [IGNORED if i in soft else t for i, t in enumerate(tokens)]
 
 
