@@ -139,6 +139,9 @@ def _add_run_arguments(parser, task_required: bool = True) -> None:
     training.add_argument("--max-grad-norm", type=float, default=1.0)
     training.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: each epoch)")
     training.add_argument("--patience", type=int, help="stop after this many evaluations without improvement")
+    training.add_argument("--eval-start", choices=("auto", "yes", "no"), default="auto",
+                          help="evaluate the untrained state on dev (step 0) and keep it if training never beats it "
+                          "(auto: where the method's start is a usable model, as PET's pattern is)")
     training.add_argument("--seed", type=int, default=42)
     training.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     training.add_argument("--dtype", help=DTYPE_HELP + " (default auto; eval --run: the run's own)")
@@ -174,6 +177,7 @@ def run_config_from_args(args):
         max_grad_norm=args.max_grad_norm,
         eval_every=args.eval_every,
         patience=args.patience,
+        eval_start={"auto": None, "yes": True, "no": False}[getattr(args, "eval_start", "auto")],
         seed=args.seed,
         device=args.device,
         checkpoint_every=getattr(args, "checkpoint_every", None),

@@ -43,6 +43,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     eval_every: int | None = None  # steps between dev evaluations; None: about 10 per run, at most one per epoch
     patience: int | None = None  # evaluations without improvement before stopping; None: never stop early
+    eval_start: bool | None = None  # evaluate the untrained state (step 0) and keep it if best; None: where the method's start is usable
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_every: int | None = None  # steps between checkpoints of a run folder; None: every 10 minutes; 0: at the end only
@@ -202,8 +203,8 @@ class Trainer:
     def _options(self) -> dict:
         """The training options a checkpoint must agree with (where it runs and how often it saves aside)."""
         options = self.config.to_dict()
-        for name in ("device", "checkpoint_every"):
-            options.pop(name)
+        for name in ("device", "checkpoint_every") + (("eval_start",) if self.config.eval_start is None else ()):
+            options.pop(name)  # (eval_start's default: checkpoints from before the option still agree)
         return options
 
     def _optimizer(self):
@@ -248,6 +249,8 @@ class Trainer:
         else:
             loop, best_state = LoopState(), None
             self.processes.sync_parameters(params)
+            if dev_items and (method.start_is_usable if config.eval_start is None else config.eval_start):
+                best_state = self._evaluation(loop, eval_every, dev_items, dev_targets, best_state)
         method.train()
         start = time.perf_counter()
         bar = tqdm(total=total, initial=loop.step, desc=f"training {method.name}", unit="step", disable=not self.progress)
@@ -319,14 +322,13 @@ class Trainer:
         return step_loss
 
     def _diverged(self, what: str, value: float, step: int) -> UserError:
-        kept = ""
-        if self.checkpoints and self.checkpoints.step is not None:
-            kept = f"; the last good checkpoint (step {self.checkpoints.step}) stays in {self.checkpoints.folder}"
+        saved = self.checkpoints and self.checkpoints.step is not None
+        kept = f"; the last good checkpoint (step {self.checkpoints.step}) stays in {self.checkpoints.folder}" if saved else ""
         return UserError(f"training diverged: the {what} became {value} at step {step}{kept}; try a lower --lr")
 
     def _evaluation(self, loop: LoopState, eval_every: int, dev_items, dev_targets, best_state):
-        """A history row (mean loss since the last one, dev metrics); keeps the best state so far."""
-        row = {"step": loop.step, "loss": float(np.mean(loop.losses[-eval_every:]))}
+        """A history row (mean loss since the last one, none at step 0; dev metrics); keeps the best state so far."""
+        row = {"step": loop.step, **({"loss": float(np.mean(loop.losses[-eval_every:]))} if loop.losses else {})}
         if dev_items:
             metric = self.method.task.metric
             dev_metrics = self._evaluate(dev_items, dev_targets)
@@ -376,8 +378,7 @@ class Trainer:
         self.log(f"resumed at step {loop.step} from {self.checkpoints.folder}")
         return loop, snapshot.best
 
-    def _finished_phase(self, weights: dict, result: dict) -> TrainResult:
-        """A stage the interrupted run had finished: its final weights and result, no training."""
+    def _finished_phase(self, weights: dict, result: dict) -> TrainResult:  # a stage finished before: no training
         self.method.to(self.device)
         self.method.load_trainable_state_dict(weights)
         self.method.eval()
