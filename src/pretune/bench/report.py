@@ -23,7 +23,7 @@ from . import plots
 from .plots import slug as _slug
 
 # LM-BFF (Gao et al. 2021) Table 3: RoBERTa-large (355M), K=16, mean (std) over 5 seeds. Published,
-# not re-run here; copied from ../shared/data/README.md. (label, the arm it compares to, mean, std)
+# not re-run here; copied from ../shared/data/README.md unless noted. (label, the arm it compares to, mean, std)
 PUBLISHED = {
     "sst-2": [("fine-tuning", "hf-full", 81.4, 3.8), ("prompt-based fine-tuning", "pet", 92.7, 0.9),
               ("zero-shot prompt", "zero-shot", 83.6, None)],
@@ -32,6 +32,9 @@ PUBLISHED = {
     "subj": [("prompt-based fine-tuning", "pet", 91.2, 1.1)],
     "trec": [("prompt-based fine-tuning", "pet", 84.8, 5.1)],
     "rte": [("prompt-based fine-tuning", "pet", 69.1, 3.6)],
+    # MRPC (F1) and QNLI as LM-BFF's Table 3 gives them, quoted in github.com/OliverXUZY/LM-BFF metaLM.md
+    "mrpc": [("prompt-based fine-tuning", "pet", 74.5, 5.3)],
+    "qnli": [("prompt-based fine-tuning", "pet", 64.5, 4.2)],
 }
 PUBLISHED_SOURCE = "published, RoBERTa-large, not re-run"
 CSV_COLUMNS = [
