@@ -255,3 +255,22 @@ def test_label_word_arms_refuse_what_they_cannot_read_in_one_line(tiny_causal):
     with pytest.raises(UserError, match="read the next token of a causal LM"):
         _label_word_model("folder", Namespace(is_regression=False), None, {}, causal=False)
     assert ARMS["peft-prompt-lm"].classification_only and ARMS["peft-lora-lm"].options["readout"] == "label words"
+
+
+# ---------------------------------------------------------------- the report
+
+
+def test_anchor_runs_sit_beside_the_benchmark_models_arms_and_the_sample_is_named(tmp_path):
+    from pretune.bench.report import write_report
+    from test_bench import _record
+
+    runs = [_record("sst-2", "zero-shot", 13, 0.8), _record("sst-2", "head-mpnet", 13, 0.9)]
+    runs[1]["key"]["model"] = "mpnet-base"  # an anchor on its own model, in a benchmark of model "m"
+    for run in runs:
+        run["bench_model"] = "m"
+        run["protocol"]["test_sample"] = 10  # the test set (10 examples) is the fixed sample
+    write_report(tmp_path, runs, [r["key"] for r in runs], arms={"zero-shot": {}, "head-mpnet": {}})
+    report = (tmp_path / "report.md").read_text()
+    assert report.count("## sst-2 — m") == 1 and "| head-mpnet |" in report and "| zero-shot |" in report
+    assert "a fixed random sample of the larger test set, the same for every arm and seed" in report
+    assert "test sets larger than 10 examples are replaced by a fixed random sample" in report
