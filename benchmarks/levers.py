@@ -13,6 +13,8 @@ Arms (smollm2-135m unless named; 200-example fixed test sample, the LM-BFF split
 - prompt-tuning: 4 soft tokens before the pattern, body frozen, 100 steps (the bench arm);
 - pet: the pattern, whole body, 40 steps, the untrained state evaluated at step 0 and kept if best;
 - pet-demos: pet with the demonstrations of zero-shot-demos;
+- any arm + `-cal`: with contextual calibration (`--calibrate`: label probabilities divided by those of
+  a content-free input), against the label bias a context of demonstrations can bring;
 - setfit-mpnet: the SetFit anchor (setfit 1.2.0 defaults on all-mpnet-base-v2);
 - ensembles (report only): the mean of two arms' test probabilities, e.g. setfit-mpnet + pet.
 """
@@ -20,6 +22,7 @@ Arms (smollm2-135m unless named; 200-example fixed test sample, the LM-BFF split
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -79,6 +82,8 @@ def run_config(task: str, seed: int, arm: str):
     from pretune.training.trainer import TrainConfig
 
     options, steps, method = {}, 100, "pet"
+    calibrate = arm.endswith("-cal")
+    arm = arm.removesuffix("-cal")
     if arm.endswith("demos"):
         pattern, verbalizer = demonstrations(task, seed)
         options = {"patterns": [pattern], "verbalizer": verbalizer}
@@ -86,6 +91,8 @@ def run_config(task: str, seed: int, arm: str):
         method, options = "ptuning", {"encoder": "none", "prompt_length": 4}
     if arm.startswith("pet"):
         steps = 40
+    if calibrate:
+        options["calibrate"] = True
     training = TrainConfig(steps=steps, batch_size=8, seed=seed, checkpoint_every=0)
     return RunConfig(task=task, model=MODEL, method=method, method_options=options, split_seed=seed,
                      test_sample=TEST_SAMPLE, dtype="bfloat16", training=training)
@@ -185,7 +192,8 @@ def report(store: dict) -> str:
     for key, record in store.items():
         task, seed, arm = key.split("/")
         cells.setdefault((task, int(seed)), {})[arm] = record
-    arms = ["zero-shot", "zero-shot-demos", "prompt-tuning", "pet", "pet-demos", "setfit-mpnet"]
+    arms = ["zero-shot", "zero-shot-cal", "zero-shot-demos", "zero-shot-demos-cal", "prompt-tuning", "pet", "pet-demos",
+            "setfit-mpnet"]
     lines = ["# Levers on small samples (issue 16, step 6)", "",
              f"smollm2-135m unless named; LM-BFF split 16-<seed>; test: a fixed random sample of {TEST_SAMPLE} "
              "examples (seed 0) of the task's test set, the same for every arm; accuracy ×100. Made by "
@@ -225,9 +233,11 @@ def main(argv: list[str]) -> int:
             print(f"{key}: already in {STORE.name}")
         else:
             record = run_arm(args.task, args.seed, args.arm)
-            store = load()  # read again: another call may have finished meanwhile
-            store[key] = record
-            save(store)
+            with open(Path(tempfile.gettempdir()) / "pretune-levers.lock", "w") as lock:  # two calls may finish at once
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                store = load()  # read again: another call may have finished meanwhile
+                store[key] = record
+                save(store)
             print(f"{key}: test accuracy {100 * record['test']['accuracy']:.1f}, wall {record['wall_seconds']:.0f} s")
     text = report(load())
     (RESULTS / "levers.md").write_text(text)
