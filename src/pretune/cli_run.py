@@ -120,6 +120,9 @@ def add_run_arguments(parser, task_required: bool = True) -> None:
     training.add_argument("--eval-every", type=int, help="optimizer steps between dev evaluations, and one at the last "
                           "step (default: a tenth of the steps, but never more often than once per epoch)")
     training.add_argument("--patience", type=int, help="stop after this many evaluations without improvement")
+    training.add_argument("--eval-start", choices=("auto", "yes", "no"), default="auto",
+                          help="evaluate the untrained state on dev (step 0) and keep it if training never beats it "
+                          "(auto: where the method's start is a usable model, as PET's pattern is)")
     training.add_argument("--seed", type=int, default=42, help="seeds the new parameters, the batches and dropout")
     training.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     training.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP + " (default auto; eval --run: the run's own)")
@@ -158,6 +161,7 @@ def run_config_from_args(args):
         max_grad_norm=args.max_grad_norm,
         eval_every=args.eval_every,
         patience=args.patience,
+        eval_start={"auto": None, "yes": True, "no": False}[getattr(args, "eval_start", "auto")],
         seed=args.seed,
         device=args.device,
         checkpoint_every=getattr(args, "checkpoint_every", None),

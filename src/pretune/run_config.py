@@ -7,6 +7,7 @@ Everything the user can get wrong is checked here, before a model loads.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class RunConfig:
     pair_field: str | None = "text_pair"
     label_field: str = "label"
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the number format of the forward passes
+    test_sample: int | None = None  # evaluate on a fixed random sample of this many test examples (the same for every run)
     training: TrainConfig = field(default_factory=TrainConfig)
 
     def body_training(self) -> BodyTraining:
@@ -71,7 +73,7 @@ Tuned = Method | PatternEnsemble  # what a run trains and predicts with
 
 def prepare_task(config: RunConfig) -> Task:
     """Read and check the data (before any model loads); apply K-shot sampling if asked."""
-    check_numbers({name: getattr(config, name) for name in ("lora_r", "lora_alpha", "split_seed", "shots")})
+    check_numbers({name: getattr(config, name) for name in ("lora_r", "lora_alpha", "split_seed", "shots", "test_sample")})
     config.training.validate()
     resolve_device(config.training.device)  # a device this machine lacks: refused before any model loads
     columns = Columns(config.text_field, config.pair_field, config.label_field)
@@ -80,7 +82,24 @@ def prepare_task(config: RunConfig) -> Task:
         if config.shots < 1:
             raise UserError(f"--shots must be at least 1, got {config.shots}")
         task = few_shot_task(task, config.shots, config.split_seed if config.split_seed is not None else 42)
+    if config.test_sample is not None:
+        task = _with_test_sample(task, config.test_sample)
     return task
+
+
+TEST_SAMPLE_SEED = 0  # fixed, not the run's seed: every run and arm of a task sees the same sample
+
+
+def _with_test_sample(task: Task, size: int) -> Task:
+    """The task with a fixed random sample of `size` test examples, in their original order (the whole
+    test set when it is not larger)."""
+    if size < 1:
+        raise UserError(f"the test sample size must be at least 1, got {size}")
+    if len(task.test) <= size:
+        return task
+    chosen = sorted(random.Random(TEST_SAMPLE_SEED).sample(range(len(task.test)), size))
+    source = f"{task.source} (test: a fixed sample of {size} of {len(task.test)})"
+    return replace(task, test=[task.test[i] for i in chosen], source=source)
 
 
 def validate(config: RunConfig, task: Task):

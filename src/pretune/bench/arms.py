@@ -14,11 +14,12 @@ An arm whose pretune method does not exist (yet) in this version is skipped with
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserError
@@ -42,6 +43,7 @@ class RunSpec:
     pair_field: str | None = "text_pair"
     label_field: str = "label"
     dtype: str = "float32"  # a concrete number format (the benchmark decides `auto` before keying runs)
+    test_sample: int | None = None  # evaluate on a fixed random sample of this many test examples
 
     def protocol(self) -> dict:
         """What defines a run's result besides task, model, arm and seed (hashed into its key)."""
@@ -50,6 +52,8 @@ class RunSpec:
             data.pop(name)
         if data["dtype"] == "float32":
             data.pop("dtype")  # runs from before --dtype were float32: they keep their keys
+        if data["test_sample"] is None:
+            data.pop("test_sample")  # and runs on the whole test set keep theirs
         return data
 
     def run_config(self, method: str = "head", method_options: dict | None = None, train: str | None = None,
@@ -62,7 +66,7 @@ class RunSpec:
         return RunConfig(
             task=self.task, model=self.model, method=method, method_options=dict(method_options or {}), train=train,
             split_seed=self.seed, shots=self.shots, text_field=self.text_field, pair_field=self.pair_field,
-            label_field=self.label_field, dtype=self.dtype, training=TrainConfig(**settings),
+            label_field=self.label_field, dtype=self.dtype, test_sample=self.test_sample, training=TrainConfig(**settings),
         )
 
     def load_task(self):
@@ -84,13 +88,21 @@ class Arm:
     options: dict = field(default_factory=dict)  # what defines the arm (hashed into its runs' keys)
     method: str | None = None  # the pretune method it needs, if any
     note: str = ""  # how it departs from the shared protocol, for the report
+    model: str | None = None  # the model it always runs on (an anchor's own); None: the benchmark's --model
+    classification_only: bool = False  # skipped on regression tasks
 
     def unavailable_reason(self) -> str | None:
         from ..methods import METHODS
 
         if self.method is not None and self.method not in METHODS:
             return f"method '{self.method}' is not in this version of pretune"
+        if self.family == "setfit" and not _installed("setfit"):
+            return "the setfit library is not installed (pip install -e '.[bench]')"
         return None
+
+    def spec_for(self, spec: RunSpec) -> RunSpec:
+        """The benchmark's spec as this arm runs it (on its own model, where it has one)."""
+        return spec if self.model is None else replace(spec, model=self.model)
 
     def describe(self) -> dict:
         return {"family": self.family, "about": self.about, "options": self.options, "note": self.note}
@@ -180,18 +192,39 @@ def _predictions(rows: list[dict], labels: list[str] | None) -> dict:
 
 
 def _pretune_arm(name: str, method: str, about: str, method_options: dict | None = None, train: str | None = None,
-                 training: dict | None = None, note: str = "") -> Arm:
+                 training: dict | None = None, note: str = "", model: str | None = None) -> Arm:
     # No checkpoints in the middle of training (the baselines write none); the run folder as
     # `pretune train --checkpoint-every 0` writes it.
     training = {"checkpoint_every": 0, **(training or {})}
     options = {"method": method, "method_options": method_options or {}, "train": train, "training": training}
-    return Arm(name, "pretune", about, run_pretune, options, method=method, note=note)
+    return Arm(name, "pretune", about, run_pretune, options, method=method, note=note, model=model)
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _setfit_arm(name: str, model: str) -> Arm:
+    from .setfit_arm import run_setfit
+
+    return Arm(name, "setfit", f"SetFit (setfit 1.2.0, its defaults) on {model}: contrastive pairs tune the body, then a "
+               "logistic-regression head", run_setfit, {"library": "setfit", "defaults": True}, model=model,
+               note=f"on {model}, whatever --model says; SetFit's own schedule (one epoch over its oversampled pairs), "
+               "not the step budget; no dev selection",
+               classification_only=True)
 
 
 def _baseline_arm(name: str, family: str, about: str, options: dict) -> Arm:
     from .baselines import run_baseline
 
     return Arm(name, family, about, run_baseline, options)
+
+
+def _label_word_arm(name: str, about: str, options: dict) -> Arm:
+    from .baselines_lm import run_lm_baseline
+
+    return Arm(name, "peft", about, run_lm_baseline, {**options, "readout": "label words"}, classification_only=True,
+               note="causal LMs only; the task's built-in causal pattern, each label's first word")
 
 
 def _registry() -> dict[str, Arm]:
@@ -211,6 +244,11 @@ def _registry() -> dict[str, Arm]:
                      "no encoder, body frozen", {"encoder": "none", "prompt_length": 4}),
         _pretune_arm("deep-prompt", "deep-prompt", "deep prompts (P-tuning v2): 16 key/value vectors at every layer, "
                      "PET pattern, body frozen", {"prompt_length": 16}),
+        _pretune_arm("head-mpnet", "head", "classic fine-tuning on mpnet-base (all-mpnet-base-v2): linear head on the "
+                     "frozen body's cached mean-pooled state", {"pooling": "mean"}, training={"steps": None, "epochs": 100},
+                     note="on mpnet-base, whatever --model says; 100 epochs on cached features", model="mpnet-base"),
+        _setfit_arm("setfit-minilm", "minilm-l6"),
+        _setfit_arm("setfit-mpnet", "mpnet-base"),
         _baseline_arm("hf-full", "transformers", "AutoModelForSequenceClassification, full fine-tuning, lr 2e-5",
                       {"peft": None, "lr": 2e-5}),
         _baseline_arm("hf-frozen", "transformers", "AutoModelForSequenceClassification, body frozen (only the head trains), lr 1e-3",
@@ -221,6 +259,11 @@ def _registry() -> dict[str, Arm]:
                       {"peft": "p_tuning", "virtual_tokens": 20, "encoder_hidden": 128, "lr": 1e-3}),
         _baseline_arm("peft-prompt", "peft", "PEFT PROMPT_TUNING (20 virtual tokens) + classification head, lr 1e-3",
                       {"peft": "prompt_tuning", "virtual_tokens": 20, "lr": 1e-3}),
+        _label_word_arm("peft-prompt-lm", "PEFT PROMPT_TUNING (CAUSAL_LM, 20 virtual tokens) reading the label words' "
+                        "logits after the task's pattern, lr 3e-2 (PEFT's causal-LM prompt-tuning example)",
+                        {"peft": "prompt_tuning", "virtual_tokens": 20, "lr": 3e-2}),
+        _label_word_arm("peft-lora-lm", "PEFT LoRA (CAUSAL_LM, r=8, alpha 16, q/v) reading the label words' logits after "
+                        "the task's pattern, lr 3e-4", {"peft": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "lr": 3e-4}),
     ]
     return {arm.name: arm for arm in arms}
 

@@ -31,6 +31,13 @@ MAX_GRAD_NORM = 1.0
 
 def run_baseline(arm, spec) -> dict:
     """Train and evaluate one baseline arm on one (task, seed); returns the measured fields of a record."""
+    return run_with(arm, spec, _model, _encode)
+
+
+def run_with(arm, spec, make_model, encode) -> dict:
+    """The baselines' protocol around a model: `make_model(folder, task, tokenizer, options, causal)`
+    returns a module whose output has `.logits` [batch, labels]; `encode(tokenizer, examples, task)`
+    the rows it reads (`baselines_lm` reads label words of a causal LM through this)."""
     from transformers import set_seed
 
     task = spec.load_task()  # (first: it imports pretune's modules in their working order)
@@ -42,7 +49,7 @@ def run_baseline(arm, spec) -> dict:
     causal = detect_kind(folder) == "causal"
     set_seed(spec.seed)
     tokenizer = _tokenizer(folder, causal)
-    model = _model(folder, task, tokenizer, arm.options)
+    model = make_model(folder, task, tokenizer, arm.options, causal)
     precision = Precision(spec.dtype)
     precision.prepare(model)
     device = resolve_device(spec.device)
@@ -50,13 +57,13 @@ def run_baseline(arm, spec) -> dict:
     autocast = lambda: precision.autocast(device.type)  # noqa: E731
 
     start = time.perf_counter()
-    train = _encode(tokenizer, task.train, task)
-    dev = _encode(tokenizer, task.dev, task) if task.dev else None
+    train = encode(tokenizer, task.train, task)
+    dev = encode(tokenizer, task.dev, task) if task.dev else None
     history, seen, best = _fit(model, tokenizer, train, dev, task, spec, arm.options["lr"], device, autocast)
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    test = _encode(tokenizer, task.test, task)
+    test = encode(tokenizer, task.test, task)
     test_metrics, predictions = _evaluate(model, tokenizer, test, task, spec.eval_batch_size, device, autocast)
     eval_rate = len(task.test) / (time.perf_counter() - start)
     return {
@@ -91,7 +98,7 @@ def _tokenizer(folder: str, causal: bool):
     return tokenizer
 
 
-def _model(folder: str, task, tokenizer, options: dict):
+def _model(folder: str, task, tokenizer, options: dict, causal: bool):
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -106,19 +113,19 @@ def _model(folder: str, task, tokenizer, options: dict):
     return get_peft_model(model, _peft_config(options))
 
 
-def _peft_config(options: dict):
+def _peft_config(options: dict, task_type: str = "SEQ_CLS"):
     from peft import LoraConfig, PromptEncoderConfig, PromptEncoderReparameterizationType, PromptTuningConfig
 
     kind = options["peft"]
     if kind == "lora":
-        return LoraConfig(task_type="SEQ_CLS", r=options["r"], lora_alpha=options["alpha"], lora_dropout=options["dropout"])
+        return LoraConfig(task_type=task_type, r=options["r"], lora_alpha=options["alpha"], lora_dropout=options["dropout"])
     if kind == "p_tuning":
         return PromptEncoderConfig(
-            task_type="SEQ_CLS", num_virtual_tokens=options["virtual_tokens"], encoder_hidden_size=options["encoder_hidden"],
+            task_type=task_type, num_virtual_tokens=options["virtual_tokens"], encoder_hidden_size=options["encoder_hidden"],
             encoder_reparameterization_type=PromptEncoderReparameterizationType.MLP,
         )
     if kind == "prompt_tuning":
-        return PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=options["virtual_tokens"])
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=options["virtual_tokens"])
     raise ValueError(f"unknown PEFT method {kind}")
 
 

@@ -27,6 +27,8 @@ def add_bench_parser(commands, add_column_arguments) -> None:
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     bench.add_argument("--dtype", default="auto", choices=DTYPES, help="number format (auto: bfloat16 where the "
                        "hardware computes it natively); part of each run's key")
+    bench.add_argument("--test-sample", type=int, metavar="N", help="evaluate on a fixed random sample of N test examples "
+                       "where the test set is larger (the same sample for every arm and seed); part of each run's key")
     bench.add_argument("--out", metavar="DIR", help="results folder (an earlier benchmark's folder continues where it stopped)")
     bench.add_argument("--list-arms", action="store_true", help="list the arms and whether they can run here")
     bench.add_argument("--report-only", action="store_true", help="rewrite the report from --out's results; run nothing")
@@ -41,7 +43,7 @@ def cmd_bench(args) -> int:
     if args.list_arms:
         for name, arm in ARMS.items():
             reason = arm.unavailable_reason()
-            print(f"{name:<13} {arm.family:<13} {'not available: ' + reason if reason else arm.about}")
+            print(f"{name:<14} {arm.family:<13} {'not available: ' + reason if reason else arm.about}")
         return 0
     if not args.task or not args.out:
         raise UserError("bench needs --task and --out (or --list-arms)")
@@ -62,6 +64,7 @@ def cmd_bench(args) -> int:
         text_field=args.text_field,
         pair_field=args.pair_field,
         label_field=args.label_field,
+        test_sample=args.test_sample,
         progress=not args.quiet,
         report_only=args.report_only,
     )

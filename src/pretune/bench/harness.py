@@ -51,6 +51,7 @@ class BenchConfig:
     text_field: str = "text"
     pair_field: str | None = "text_pair"
     label_field: str = "label"
+    test_sample: int | None = None  # a fixed random sample of this many test examples, shared by every arm and seed
     progress: bool = True
     report_only: bool = False  # write the report from what results.json holds; run nothing
 
@@ -59,6 +60,7 @@ class BenchConfig:
             task=task, model=self.model, seed=seed, steps=self.steps, batch_size=self.batch_size,
             eval_batch_size=self.eval_batch_size, shots=self.shots, device=self.device, text_field=self.text_field,
             pair_field=self.pair_field, label_field=self.label_field, dtype=self.concrete_dtype(),
+            test_sample=self.test_sample,
         )
 
     def concrete_dtype(self) -> str:
@@ -169,25 +171,35 @@ def plan(config: BenchConfig) -> tuple[list[PlannedRun], dict[str, str]]:
         raise UserError(f"--seeds names a seed twice: {', '.join(map(str, config.seeds))}")
     if min(config.steps, config.batch_size, config.eval_batch_size, config.jobs) < 1:
         raise UserError("--steps, --batch-size, --eval-batch-size and --jobs must be at least 1")
+    if config.test_sample is not None and config.test_sample < 1:
+        raise UserError(f"--test-sample must be at least 1, got {config.test_sample}")
     arms, skipped = resolve_arms(config.arms)
     if not arms:
         raise UserError(f"none of the arms in --methods can run here: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
     from ..backbones import detect_kind, resolve
 
     detect_kind(resolve(config.model))  # a missing model (or an unreachable hub id) is one clear line before anything runs
+    for model in {arm.model for arm in arms if arm.model}:
+        detect_kind(resolve(model))  # an anchor's own model too
     runs = []
     for task in config.tasks:
         for seed in config.seeds:
             spec = config.spec(task, seed)
-            _check_task(spec)
-            runs += [PlannedRun(arm, spec) for arm in arms]
+            regression = _check_task(spec)
+            for arm in arms:
+                if regression and arm.classification_only:
+                    skipped[f"{arm.name} on {task}"] = "classification only; the task is a regression"
+                else:
+                    runs.append(PlannedRun(arm, arm.spec_for(spec)))
     return runs, skipped
 
 
-def _check_task(spec: RunSpec) -> None:
+def _check_task(spec: RunSpec) -> bool:
+    """Whether the task is a regression; a task without a test split is refused."""
     task = spec.load_task()
     if not task.test:
         raise UserError(f"task {spec.task} has no test split: the benchmark evaluates every run on test")
+    return task.is_regression
 
 
 def run_bench(config: BenchConfig) -> BenchOutcome:
@@ -220,7 +232,7 @@ def run_bench(config: BenchConfig) -> BenchOutcome:
     bar.close()
     # The report covers every registered arm run under this protocol, not only this invocation's:
     # adding one arm to a finished benchmark reports it beside the others.
-    reported = [run_key(arm, config.spec(task, seed)) for task in config.tasks for seed in config.seeds
+    reported = [run_key(arm, arm.spec_for(config.spec(task, seed))) for task in config.tasks for seed in config.seeds
                 for arm in ARMS.values()]
     report.write_report(config.out, store.runs(), reported, arms={name: ARMS[name].describe() for name in ARMS},
                         skipped=skipped, failures=failed)
@@ -234,7 +246,7 @@ def _run_isolated(run: PlannedRun, config: BenchConfig) -> tuple[dict | None, st
         return None, error
     metric = next(iter(measured["test"]))  # the task's own metric comes first
     return {"key": run.key, "metric": metric, "arm_info": run.arm.describe(), "protocol": run.spec.protocol(),
-            **measured}, ""
+            "bench_model": config.model, **measured}, ""
 
 
 def run_in_worker(arm: str, spec: RunSpec, log_path: Path, threads: int | None = None,

@@ -1,4 +1,4 @@
-"""The benchmark's report: results.csv, report.md with its tables, and PNG plots.
+"""The benchmark's report: results.csv, report.md with its tables, and the PNG plots (`plots`).
 
 Per (model, task): one row per arm with the metric's mean (std) over seeds, the cost columns, and
 LM-BFF's published numbers beside them; `accuracy.png` (mean and std per arm),
@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .. import metrics as task_metrics
-from ..plots import pyplot
 from ..runs import atomic_write_text
+from . import plots
+from .plots import slug as _slug
 
 # LM-BFF (Gao et al. 2021) Table 3: RoBERTa-large (355M), K=16, mean (std) over 5 seeds. Published,
-# not re-run here; copied from ../shared/data/README.md. (label, the arm it compares to, mean, std)
+# not re-run here; copied from ../shared/data/README.md unless noted. (label, the arm it compares to, mean, std)
 PUBLISHED = {
     "sst-2": [("fine-tuning", "hf-full", 81.4, 3.8), ("prompt-based fine-tuning", "pet", 92.7, 0.9),
               ("zero-shot prompt", "zero-shot", 83.6, None)],
@@ -33,11 +32,12 @@ PUBLISHED = {
     "subj": [("prompt-based fine-tuning", "pet", 91.2, 1.1)],
     "trec": [("prompt-based fine-tuning", "pet", 84.8, 5.1)],
     "rte": [("prompt-based fine-tuning", "pet", 69.1, 3.6)],
+    # MRPC (F1) and QNLI as LM-BFF's Table 3 gives them, quoted in github.com/OliverXUZY/LM-BFF metaLM.md
+    "mrpc": [("prompt-based fine-tuning", "pet", 74.5, 5.3)],
+    "qnli": [("prompt-based fine-tuning", "pet", 64.5, 4.2)],
 }
 PUBLISHED_SOURCE = "published, RoBERTa-large, not re-run"
-FAMILY_COLOURS = {"pretune": "#1f77b4", "transformers": "#7f7f7f", "peft": "#ff7f0e"}
 NO_FIGURES = "(No figures: matplotlib is not installed; `pip install 'pretune[plots]'`, then rerun with --report-only.)"
-FAMILY_LINES = {"pretune": "-", "transformers": "--", "peft": ":"}  # the learning curves tell families apart by line
 CSV_COLUMNS = [
     "task", "model", "arm", "seed", "config", "metric", "test", "dev", "trainable_parameters", "adapter_bytes",
     "train_seconds", "train_examples_per_second", "eval_examples_per_second", "peak_rss_mib", "loadavg_1min",
@@ -94,7 +94,7 @@ def write_report(out: Path, runs: list[dict], current_keys: list[dict], arms: di
     sections = []
     for (model, task), summaries in groups.items():
         prefix = "" if len(groups) == 1 else f"{_slug(task)}_{_slug(model)}_"
-        figures = _plots(out, prefix, task, summaries)
+        figures = plots.write_plots(out, prefix, task, summaries, PUBLISHED.get(task, []), PUBLISHED_SOURCE)
         sections.append(_section(model, task, summaries, arms, figures))
     text = _markdown(groups, sections, selected, arms, skipped or {}, failures or [])
     atomic_write_text(out / "report.md", text)
@@ -105,7 +105,8 @@ def _group(runs: list[dict], arm_order: list[str]) -> dict[tuple[str, str], list
     groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for run in runs:
         key = run["key"]
-        groups.setdefault((key["model"], key["task"]), {}).setdefault(key["arm"], []).append(run)
+        # An anchor arm on its own model (head-mpnet, setfit-mpnet) sits beside the arms of the benchmark's model.
+        groups.setdefault((run.get("bench_model", key["model"]), key["task"]), {}).setdefault(key["arm"], []).append(run)
     rank = {name: i for i, name in enumerate(arm_order)}
     result = {}
     for group, by_arm in groups.items():
@@ -214,7 +215,7 @@ def _section(model: str, task: str, summaries: list[ArmSummary], arms: dict[str,
     lines = [
         f"## {task} — {model}",
         "",
-        f"Test set: {examples} examples; seeds {', '.join(map(str, seeds))}; metric ×100, mean (population std) over seeds.",
+        f"Test set: {examples} examples{_sample_note(runs, examples)}; seeds {', '.join(map(str, seeds))}; metric ×100, mean (population std) over seeds.",
         "",
         *_arm_table(summaries, task),
         "",
@@ -228,6 +229,13 @@ def _section(model: str, task: str, summaries: list[ArmSummary], arms: dict[str,
     return "\n".join(lines)
 
 
+def _sample_note(runs: list[dict], examples: int) -> str:
+    size = runs[0]["protocol"].get("test_sample")
+    if size is None or examples < size:
+        return ""
+    return " (a fixed random sample of the larger test set, the same for every arm and seed)"
+
+
 def _markdown(groups, sections, runs, arms, skipped, failures) -> str:
     protocol = runs[0]["protocol"] if runs else {}
     lines = [
@@ -237,7 +245,9 @@ def _markdown(groups, sections, runs, arms, skipped, failures) -> str:
         "of the same size) with training seed `<seed>`, keeps its best state on dev, and is evaluated once on test. "
         f"Shared protocol: {protocol.get('steps')} optimizer steps, batch size {protocol.get('batch_size')}, "
         f"evaluation batch size {protocol.get('eval_batch_size')}"
-        + (f", {protocol['shots']} examples per class sampled per seed" if protocol.get("shots") else "") + ". "
+        + (f", {protocol['shots']} examples per class sampled per seed" if protocol.get("shots") else "")
+        + (f"; test sets larger than {protocol['test_sample']} examples are replaced by a fixed random sample of that "
+           "many (seed 0), shared by every arm and seed" if protocol.get("test_sample") else "") + ". "
         f"Torch threads per run: {', '.join(sorted({str(run.get('torch_threads')) for run in runs}))}.",
         "",
     ]
@@ -286,109 +296,3 @@ def _column_notes() -> list[str]:
         "a load above its core count are inflated; accuracy is not affected.",
         "",
     ]
-
-
-# ---------------------------------------------------------------- plots
-
-
-def _plots(out: Path, prefix: str, task: str, summaries: list[ArmSummary]) -> dict:
-    if pyplot() is None:  # matplotlib is an optional extra: the tables are written without figures
-        return {}
-    figures = {"accuracy": f"{prefix}accuracy.png"}
-    _accuracy_plot(out / figures["accuracy"], task, summaries)
-    if any(run["history"] for s in summaries for run in s.runs):
-        figures["curves"] = f"{prefix}learning_curves.png"
-        _curves_plot(out / figures["curves"], task, summaries)
-    best = _best_run(summaries)
-    if best is not None:
-        figures["best"] = f"{best['key']['arm']}, seed {best['key']['seed']}"
-        figures["confusion"] = f"{prefix}confusion_{_slug(best['key']['arm'])}.png"
-        _confusion_plot(out / figures["confusion"], best)
-    return figures
-
-
-def _accuracy_plot(path: Path, task: str, summaries: list[ArmSummary]) -> None:
-    import matplotlib.pyplot as plt
-
-    metric = summaries[0].metric
-    fig, ax = plt.subplots(figsize=(1.2 * len(summaries) + 3, 4))
-    positions = np.arange(len(summaries))
-    ax.bar(positions, [100 * s.mean for s in summaries], yerr=[100 * s.std for s in summaries], capsize=4,
-           color=[FAMILY_COLOURS.get(s.family, "#999999") for s in summaries])
-    for position, s in zip(positions, summaries):
-        ax.scatter([position] * len(s.values()), 100 * s.values(), color="black", s=8, zorder=3)
-    for (label, _, mean, _), style in zip(PUBLISHED.get(task, []), ("--", ":", "-.")):
-        ax.axhline(mean, linestyle=style, color="green", linewidth=1, label=f"LM-BFF {label} ({PUBLISHED_SOURCE})")
-    for family in dict.fromkeys(s.family for s in summaries):
-        ax.bar([0], [0], width=0, color=FAMILY_COLOURS.get(family, "#999999"), label=family)  # legend entry only
-    ax.set_xticks(positions, [s.arm for s in summaries], rotation=20)
-    ax.set_ylabel(f"test {metric} (%)")
-    ax.set_title(f"{task}: mean and std over seeds (dots: single seeds)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: bars never hide it
-    _save(fig, path)
-
-
-def _curves_plot(path: Path, task: str, summaries: list[ArmSummary]) -> None:
-    import matplotlib.pyplot as plt
-
-    metric = summaries[0].metric
-    fig, ax = plt.subplots(figsize=(9, 4))
-    colours = plt.get_cmap("tab20").colors  # twenty distinct colours: the default cycle repeats after ten arms
-    for index, s in enumerate(summaries):
-        curves = [{row["step"]: row[f"dev_{metric}"] for row in run["history"] if f"dev_{metric}" in row}
-                  for run in s.runs]
-        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves and all(curves) else []
-        if not steps:
-            continue
-        values = np.array([[100 * c[step] for step in steps] for c in curves])
-        mean, std = values.mean(axis=0), values.std(axis=0)
-        colour = colours[index % len(colours)]
-        ax.plot(steps, mean, marker="o", markersize=3, color=colour, linestyle=FAMILY_LINES.get(s.family, "-"),
-                label=f"{s.arm} ({s.family})")
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.12, color=colour)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(f"dev {metric} (%)")
-    ax.set_title(f"{task}: dev {metric} during training (mean ± std over seeds)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _save(fig, path)
-
-
-def _best_run(summaries: list[ArmSummary]) -> dict | None:
-    candidates = [run for s in summaries for run in s.runs if run.get("predictions") is not None]
-    classification = [run for run in candidates if all(isinstance(t, int) for t in run["targets"])]
-    if not classification:
-        return None
-    return max(classification, key=lambda run: run["test"][run["metric"]])
-
-
-def _confusion_plot(path: Path, run: dict) -> None:
-    import matplotlib.pyplot as plt
-
-    labels = run.get("labels") or [str(i) for i in range(1 + max(run["targets"] + run["predictions"]))]
-    matrix = task_metrics.confusion_matrix(run["predictions"], run["targets"], len(labels))
-    fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2.5, 1.1 * len(labels) + 2))
-    ax.imshow(matrix, cmap="Blues")
-    for (row, col), count in np.ndenumerate(matrix):
-        ax.text(col, row, str(count), ha="center", va="center",
-                color="white" if count > matrix.max() / 2 else "black")
-    ax.set_xticks(range(len(labels)), labels, rotation=30)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    key = run["key"]
-    ax.set_title(f"{key['task']}: {key['arm']}, seed {key['seed']} ({run['metric']} {100 * run['test'][run['metric']]:.1f})",
-                 fontsize=9)
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    # A tight bounding box keeps the legends placed beside the axes, which tight_layout cannot fit
-    # into a narrow figure (a report with few arms).
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-")

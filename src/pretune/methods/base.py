@@ -100,6 +100,12 @@ class Method(nn.Module):
         """The trainable parameters by role (`ROLES`)."""
         raise NotImplementedError
 
+    @property
+    def start_is_usable(self) -> bool:
+        """Whether the untrained state is already a model worth keeping (zero-shot PET): the trainer then
+        evaluates it on dev at step 0 and keeps it if training never beats it."""
+        return False
+
     # -- number format ----------------------------------------------------------------------
     def use_precision(self, precision: Precision) -> None:
         """Compute in `precision`: the frozen body held in its format, trainable parameters in float32.

@@ -202,6 +202,12 @@ class ClozeMethod(Method):
         self.trained_parameters: int | None = None  # counted before materialising: what training updated
 
     @property
+    def start_is_usable(self) -> bool:
+        # The pattern read at the verbalizer's words is zero-shot PET before any step (LoRA starts as the
+        # identity); soft tokens, prefixes and a new head start random.
+        return self.config.input == "pattern" and self.config.readout == "verbalizer"
+
+    @property
     def readout(self) -> nn.Module:
         return getattr(self, self._readout_slot)
 

@@ -25,6 +25,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     eval_every: int | None = None  # steps between dev evaluations; None: about 10 per run, at most one per epoch
     patience: int | None = None  # evaluations without improvement before stopping; None: never stop early
+    eval_start: bool | None = None  # evaluate the untrained state (step 0) and keep it if best; None: where the method's start is usable
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_every: int | None = None  # steps between checkpoints of a run folder; None: every 10 minutes; 0: at the end only

@@ -158,8 +158,8 @@ class Trainer:
         """The training options a checkpoint must agree with (where it runs, how often it saves aside
         and where it reports aside)."""
         options = self.config.to_dict()
-        for name in ("device", "checkpoint_every", "report_to"):
-            options.pop(name)
+        for name in ("device", "checkpoint_every", "report_to") + (("eval_start",) if self.config.eval_start is None else ()):
+            options.pop(name)  # (eval_start's default: checkpoints from before the option still agree)
         return options
 
     def close(self) -> None:
@@ -208,6 +208,8 @@ class Trainer:
         # In a group every process starts from rank 0's weights (DDP broadcasts them as it wraps).
         model, optimizer = self.engine.prepare(method, optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"]]
+        if snapshot is None and dev_items and (method.start_is_usable if config.eval_start is None else config.eval_start):
+            best_state = self._evaluation(stage, loop, eval_every, dev_items, dev_targets, best_state)
         method.train()
         start = time.perf_counter()
         bar = tqdm(total=total, initial=loop.step, desc=f"training {method.name}", unit="step", disable=not self.progress)
@@ -294,8 +296,8 @@ class Trainer:
         return UserError(f"training diverged: the {what} became {value} at step {step}{kept}; try a lower --lr")
 
     def _evaluation(self, stage: int, loop: LoopState, eval_every: int, dev_items, dev_targets, best_state):
-        """A history row (mean loss since the last one, dev metrics); keeps the best state so far."""
-        row = {"step": loop.step, "loss": float(np.mean(loop.losses[-eval_every:]))}
+        """A history row (mean loss since the last one, none at step 0; dev metrics); keeps the best state so far."""
+        row = {"step": loop.step, **({"loss": float(np.mean(loop.losses[-eval_every:]))} if loop.losses else {})}
         if dev_items:
             metric = self.method.task.metric
             dev_metrics = self._evaluate(dev_items, dev_targets)
