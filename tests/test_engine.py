@@ -88,9 +88,9 @@ def test_bad_schedule_and_tracker_names_are_one_line(capsys, tmp_path):
         TrainConfig(lr_scheduler="step").validate()
     with pytest.raises(UserError, match="--report-to 'paper'"):
         TrainConfig(report_to="paper").validate()
-    with pytest.raises(SystemExit) as stop:
-        main(["train", "--task", "t", "--out", str(tmp_path / "o"), "--lr-scheduler", "step"])
-    assert stop.value.code == 2 and not (tmp_path / "o").exists()
+    code = main(["train", "--task", "t", "--out", str(tmp_path / "o"), "--lr-scheduler", "step"])
+    assert code == 2 and not (tmp_path / "o").exists()
+    assert "--lr-scheduler" in capsys.readouterr().err
 
 
 def test_a_tracker_not_installed_is_refused_before_the_run_folder(tmp_path, task_folder, capsys, monkeypatch):

@@ -158,8 +158,8 @@ class Trainer:
         """The training options a checkpoint must agree with (where it runs, how often it saves aside
         and where it reports aside)."""
         options = self.config.to_dict()
-        for name in ("device", "checkpoint_every", "report_to") + (("eval_start",) if self.config.eval_start is None else ()):
-            options.pop(name)  # (eval_start's default: checkpoints from before the option still agree)
+        for name in ("device", "checkpoint_every", "report_to"):
+            options.pop(name)
         return options
 
     def close(self) -> None:
@@ -370,7 +370,7 @@ def _engine_and_reporter(config: TrainConfig, checkpoints: Checkpointer | None) 
 
 def _with_defaults(options: dict) -> dict:
     """A checkpoint's training options, with the defaults of those added since it was written."""
-    return {"lr_scheduler": "linear", **options}
+    return {"lr_scheduler": "linear", "eval_start": None, **options}
 
 
 def _resume_point(checkpoints: Checkpointer | None) -> tuple[int, int] | None:
