@@ -1,4 +1,4 @@
-"""Data-parallel training: the same command under torchrun, 2 CPU processes (gloo)."""
+"""Data-parallel training: the same command under torchrun, 2 CPU processes (gloo), DDP through accelerate."""
 
 import json
 import subprocess
@@ -94,3 +94,7 @@ def test_two_processes_train_like_one_and_only_rank_0_writes(tmp_path, task_fold
         assert double[split]["accuracy"] == single[split]["accuracy"] == 1.0
     for a, b in zip(single["train"]["history"], double["train"]["history"]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)  # the same steps, summed in another order
+    # history.jsonl written once (by rank 0), step by step, with the losses of the single process
+    steps = [[json.loads(line) for line in (work / run / "history.jsonl").read_text().splitlines()] for run in ("one", "two")]
+    assert [row["step"] for row in steps[1] if row["kind"] == "step"] == list(range(1, 25))
+    assert [row["loss"] for row in steps[1]] == pytest.approx([row["loss"] for row in steps[0]], rel=1e-4)
