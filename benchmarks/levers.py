@@ -40,7 +40,7 @@ STORE = RESULTS / "levers.json"
 TEST_SAMPLE = 200
 MODEL = "smollm2-135m"
 ENSEMBLES = [("setfit-mpnet", "pet"), ("setfit-mpnet", "zero-shot"), ("setfit-mpnet", "prompt-tuning"),
-             ("setfit-mpnet", "pet-demos"), ("setfit-mpnet", "zero-shot-demos")]
+             ("setfit-mpnet", "zero-shot-demos-cal")]
 
 
 def cpu_name() -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 FOLDER = Path(__file__).resolve().parent / "results" / "tasks-smollm2"
 TASKS = ["sst-2", "sst-5", "mr", "subj", "trec", "cola", "mrpc", "qnli", "rte", "sts-b"]
-ARMS = ["zero-shot", "prompt-tuning", "best", "head-mpnet", "setfit-mpnet"]
+ARMS = ["zero-shot", "prompt-tuning", "head-mpnet", "setfit-mpnet"]  # no `best` arm yet (see levers.md)
 PLANNED_SEEDS = {task: 5 if task == "sst-2" else 3 for task in TASKS}
 # LM-BFF (Gao et al. 2021) Table 3, RoBERTa-large, K=16: SST-2's rows and the other prompt-based rows from
 # ../shared/data/README.md; MRPC and QNLI from github.com/OliverXUZY/LM-BFF metaLM.md, which quotes the table.
@@ -28,14 +28,12 @@ PUBLISHED = {
 
 
 def current_runs(folder: Path) -> list[dict]:
-    """The runs the report selects (results.csv lists their keys), or all runs when there is no report yet."""
-    runs = json.loads((folder / "results.json").read_text())["runs"]
-    csv = folder / "results.csv"
-    if not csv.is_file():
-        return runs
-    keys = {tuple(line.split(",")[:5]) for line in csv.read_text().splitlines()[1:]}
-    return [r for r in runs if (r["key"]["task"], r["key"]["model"], r["key"]["arm"], str(r["key"]["seed"]),
-                                r["key"]["config"]) in keys]
+    """The runs stored so far, the latest one per (task, arm, seed) (this benchmark has one configuration)."""
+    latest = {}
+    for run in json.loads((folder / "results.json").read_text())["runs"]:
+        key = run["key"]
+        latest[(key["task"], key["arm"], key["seed"])] = run
+    return list(latest.values())
 
 
 def table(runs: list[dict]) -> str:
@@ -45,6 +43,7 @@ def table(runs: list[dict]) -> str:
         key = run["key"]
         cells.setdefault((key["arm"], key["task"]), []).append(100 * run["test"][run["metric"]])
         metrics[key["task"]] = run["metric"]
+    metrics.setdefault("sts-b", "pearson")
     header = "| arm | " + " | ".join(f"{t} ({metrics.get(t, '?')})" for t in TASKS) + " |"
     lines = [header, "|---|" + "---|" * len(TASKS)]
     for arm in ARMS:
@@ -56,7 +55,8 @@ def table(runs: list[dict]) -> str:
                 continue
             planned = 1 if arm == "zero-shot" else PLANNED_SEEDS[task]
             done = f" [{len(values)}/{planned}]" if len(values) < planned else ""
-            row.append(f"{np.mean(values):.1f} ({np.std(values):.1f}){done}")
+            spread = f" ({np.std(values):.1f})" if len(values) > 1 else ""
+            row.append(f"{np.mean(values):.1f}{spread}{done}")
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
     for label, by_task in PUBLISHED.items():
         lines.append(f"| {label} (published, RoBERTa-large 355M) | " + " | ".join(by_task.get(t, "–") for t in TASKS) + " |")

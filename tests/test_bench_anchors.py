@@ -65,6 +65,8 @@ def test_an_arm_with_its_own_model_runs_on_it_whatever_the_benchmark_model(monke
 def test_the_anchor_arms_name_their_models():
     assert ARMS["head-mpnet"].model == "mpnet-base" and ARMS["setfit-mpnet"].model == "mpnet-base"
     assert ARMS["setfit-minilm"].model == "minilm-l6" and ARMS["setfit-mpnet"].classification_only
+    assert ARMS["zero-shot"].classification_only and ARMS["prompt-tuning"].classification_only
+    assert not ARMS["head"].classification_only and not ARMS["head-mpnet"].classification_only
 
 
 def test_classification_only_arms_are_skipped_on_a_regression_task(monkeypatch, tmp_path):

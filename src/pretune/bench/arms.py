@@ -197,7 +197,9 @@ def _pretune_arm(name: str, method: str, about: str, method_options: dict | None
     # `pretune train --checkpoint-every 0` writes it.
     training = {"checkpoint_every": 0, **(training or {})}
     options = {"method": method, "method_options": method_options or {}, "train": train, "training": training}
-    return Arm(name, "pretune", about, run_pretune, options, method=method, note=note, model=model)
+    # The cloze methods read label words: a regression task is refused by them, so skipped here.
+    return Arm(name, "pretune", about, run_pretune, options, method=method, note=note, model=model,
+               classification_only=method != "head")
 
 
 def _installed(module: str) -> bool:
@@ -230,7 +232,8 @@ def _label_word_arm(name: str, about: str, options: dict) -> Arm:
 def _registry() -> dict[str, Arm]:
     arms = [
         Arm("zero-shot", "pretune", "PET pattern and label words, no training", run_untrained,
-            {"method": "pet", "untrained": True}, method="pet", note="no training: the same test result for every seed"),
+            {"method": "pet", "untrained": True}, method="pet", note="no training: the same test result for every seed",
+            classification_only=True),
         _pretune_arm(
             "head", "head", "classic fine-tuning: linear head on the frozen body's cached last-token/[CLS] state",
             training={"steps": None, "epochs": 100},
