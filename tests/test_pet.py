@@ -112,6 +112,17 @@ def test_refusals_are_user_errors(tiny_encoder, tiny_causal, task):
         make_config("pet", {"patterns": ["{text} {mask}"], "distil": True})
 
 
+def test_an_empty_text_before_a_causal_mask_is_refused_with_the_cure(tiny_causal, task):
+    """The pattern "{text} {mask}" passes the pattern check, but an empty text leaves nothing before the mask."""
+    method = make(tiny_causal, task, patterns=["{text} {mask}"])
+    (rendered,) = method.featurize([Example("")], progress=False)
+    assert rendered.prefix == []  # no beginning-of-text token either: nothing to predict the answer from
+    with pytest.raises(UserError) as refused:
+        method.label_scores([Example("")])
+    assert str(refused.value) == ("a causal LM needs text before {mask}, and an example left none there: "
+                                  "add words before the mask")
+
+
 def test_no_built_in_pattern_is_searched_for(tiny_causal):
     custom = Task("mine", ["a", "b"], train=[Example("x", label="a"), Example("y", label="b")])
     searched = make(tiny_causal, custom)  # issue 13: the prompt search chooses (tests/test_prompt_search.py)
