@@ -39,7 +39,7 @@ def test_parse_space_and_semicolon_forms():
         ("positive great", "not label=word"),
         ("positive=great,", "empty word"),
         ("positive=good positive=great", "given twice"),
-        ("", "empty verbalizer"),
+        ("", "^empty verbalizer: write one like 'positive=great negative=terrible'$"),
     ],
 )
 def test_parse_errors_are_one_line(spec, message):
