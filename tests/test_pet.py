@@ -53,8 +53,11 @@ def test_causal_scores_match_the_full_vocabulary_and_exact_probabilities(tiny_ca
         assert torch.allclose(method(batch).softmax(-1), exact_label_distribution(method, batch), atol=1e-5)
 
 
-def test_masked_lm_fills_as_many_masks_as_a_word_has_tokens(tiny_mlm, task):
-    method = make(tiny_mlm, task, patterns=["{text} It was {mask}."], verbalizer=MULTI_TOKEN)
+# Two word lengths (3 tokens and 1) as well as the many of MULTI_TOKEN: the normalisers must be computed as
+# soon as the lengths differ.
+@pytest.mark.parametrize("verbalizer", [MULTI_TOKEN, "negative=abysmal positive=great"])
+def test_masked_lm_fills_as_many_masks_as_a_word_has_tokens(tiny_mlm, task, verbalizer):
+    method = make(tiny_mlm, task, patterns=["{text} It was {mask}."], verbalizer=verbalizer)
     lengths = {len(ids) for ids in method.prompt.words.token_ids}
     assert len(lengths) > 1
     batch = only_batch(method, task.test[:3])
