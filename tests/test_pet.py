@@ -53,6 +53,31 @@ def test_causal_scores_match_the_full_vocabulary_and_exact_probabilities(tiny_ca
         assert torch.allclose(method(batch).softmax(-1), exact_label_distribution(method, batch), atol=1e-5)
 
 
+def test_word_scores_match_a_softcapping_models_own_logits(task):
+    """Gemma 2 caps its final logits (tanh(x / c) * c); the label-word rows must be capped alike. A tiny
+    random Gemma 2 with a cap of 0.5, so the cap bites."""
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    from conftest import resolve
+    from pretune.backbones import Backbone
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    tokenizer.pad_token = tokenizer.eos_token
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                          final_logit_softcapping=0.5, attn_logit_softcapping=None, sliding_window=64)
+    backbone = Backbone(model=Gemma2ForCausalLM(config).eval(), tokenizer=tokenizer, kind="causal", name="tiny-gemma2", path="")
+    method = make(backbone, task, patterns=["{text} It was {mask}"], verbalizer=MULTI_TOKEN)
+    batch = only_batch(method, task.test[:4])
+    scorer = method.readout.scorer
+    with torch.no_grad():
+        capped = scorer.word_scores(batch)
+        assert torch.allclose(capped, scorer.full_vocabulary_word_scores(batch), atol=1e-5)
+        scorer.softcap = None  # the same rows uncapped are another distribution
+        assert (scorer.word_scores(batch) - capped).abs().max() > 1e-3
+
+
 # Two word lengths (3 tokens and 1) as well as the many of MULTI_TOKEN: the normalisers must be computed as
 # soon as the lengths differ.
 @pytest.mark.parametrize("verbalizer", [MULTI_TOKEN, "negative=abysmal positive=great"])
