@@ -140,6 +140,15 @@ def test_refusals_are_user_errors(tiny_encoder, tiny_causal, task):
         make_config("pet", {"patterns": ["{text} {mask}"], "distil": True})
 
 
+def test_a_masked_lm_without_a_mask_token_is_refused_by_name(tiny_mlm):
+    from pretune.cloze.lm import language_model
+
+    tiny_mlm.tokenizer.mask_token = None
+    with pytest.raises(UserError) as refused:
+        language_model(tiny_mlm)
+    assert str(refused.value) == "model 'tiny-mlm' is a masked LM without a mask token"
+
+
 def test_an_empty_text_before_a_causal_mask_is_refused_with_the_cure(tiny_causal, task):
     """The pattern "{text} {mask}" passes the pattern check, but an empty text leaves nothing before the mask."""
     method = make(tiny_causal, task, patterns=["{text} {mask}"])
