@@ -119,6 +119,17 @@ def test_soft_token_positions_reach_the_batch_for_ptuning(tiny_mlm, tiny_causal,
         assert (batch.input_ids[batch.soft_mask] == placeholder).all()
 
 
+def test_soft_tokens_after_a_masked_lms_mask_move_with_the_number_of_masks(tiny_mlm, task):
+    """A masked LM reads soft tokens after the mask too; in a row of a word of N tokens they sit N - 1
+    places further on: every row marks exactly the three placeholders as soft."""
+    options = {"patterns": ["[P] {text} It was {mask} [P*2] ."], "verbalizer": MULTI_TOKEN}
+    method = build_method("ptuning", tiny_mlm, task, options, BodyTraining.parse("frozen"))
+    batch = only_batch(method, task.test[:2])
+    assert len({int(n) for n in (batch.input_ids == tiny_mlm.tokenizer.mask_token_id).sum(dim=1)}) > 1  # rows of several lengths
+    assert batch.soft_mask.sum(dim=1).tolist() == [3] * batch.input_ids.shape[0]
+    assert (batch.input_ids[batch.soft_mask] == method.prompt.renderer.placeholder_id).all()
+
+
 # ---------------------------------------------------------------- refusals
 
 
