@@ -94,6 +94,27 @@ def test_method_combines_label_words_as_aggregate_says(tiny_mlm, task, how):
     assert torch.allclose(scores[:, 1] - scores[:, 0], combine(positive) - negative, atol=1e-4)
 
 
+def test_a_multi_token_word_scores_the_log_probabilities_of_its_tokens_at_their_masks(tiny_mlm, task):
+    """The word "abysmal" is three tokens in bert-tiny's vocabulary, "great" one: a word's score is the sum of
+    log p(its k-th token at the k-th of as many masks as it has tokens), by hand from the model's logits."""
+    method = build_method(cloze_config(verbalizer="negative=abysmal positive=great"), task, backbone=tiny_mlm)
+    scores = method.label_scores(task.test)
+    tokenizer = tiny_mlm.tokenizer
+    tiny_mlm.model.eval()
+
+    def word_score(text: str, word: str) -> float:
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        encoded = tokenizer(PATTERN.format(text=text, mask=tokenizer.mask_token * len(ids)), return_tensors="pt")
+        positions = (encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero().squeeze(1)
+        with torch.no_grad():
+            log_probs = tiny_mlm.model(**encoded).logits[0, positions].log_softmax(-1)
+        return float(sum(log_probs[k, token] for k, token in enumerate(ids)))
+
+    assert len(tokenizer(" abysmal", add_special_tokens=False)["input_ids"]) == 3
+    by_hand = torch.tensor([word_score(e.text, "great") - word_score(e.text, "abysmal") for e in task.test])
+    assert torch.allclose(scores[:, 1] - scores[:, 0], by_hand, atol=1e-4)
+
+
 def test_the_three_aggregations_give_different_label_scores(tiny_mlm, task):
     differences = []
     for how in ("logsumexp", "mean", "max"):

@@ -30,13 +30,14 @@ class RankZeroOfTwo(Processes):
 
 
 class ScriptedScores:
-    """A method whose items are its label scores; records how many items each scoring call got."""
+    """A method whose items are its label scores, scored in batches as a method does; records the batches."""
 
     def __init__(self, task):
-        self.task, self.scored = task, []
+        self.task, self.batches = task, []
 
     def score_items(self, items, batch_size=32, progress=False, desc="scoring"):
-        self.scored.append(len(items))
+        for start in range(0, len(items), batch_size):
+            self.batches.append(len(items[start : start + batch_size]))
         return torch.tensor(items, dtype=torch.float32)
 
 
@@ -46,15 +47,16 @@ def test_two_processes_score_dev_in_shards_and_both_see_the_metrics_of_the_whole
     right_0, right_1 = [2.0, -1.0], [-1.0, 2.0]
     targets = [0, 1, 1, 0, 1]
     items = [right_0, right_1, right_1, right_1, right_0]  # wrong on examples 3 and 4: accuracy 3/5
-    trainer = Trainer(TrainConfig(steps=1), progress=False, log=None)
+    trainer = Trainer(TrainConfig(steps=1, eval_batch_size=2), progress=False, log=None)
     trainer.method = ScriptedScores(task)
     alone = trainer._evaluate(items, targets)
+    assert trainer.method.batches == [2, 2, 1]  # all five, in batches of --eval-batch-size
     trainer.method = ScriptedScores(task)
     trainer.processes = RankZeroOfTwo(from_rank_1=torch.tensor([items[1], items[3]]))
     sharded = trainer._evaluate(items, targets)
     assert alone["accuracy"] == pytest.approx(0.6)
     assert sharded == alone
-    assert trainer.method.scored == [3]  # its own shard only
+    assert trainer.method.batches == [2, 1]  # its own shard only, in batches of --eval-batch-size
 
 
 @pytest.mark.slow

@@ -53,8 +53,36 @@ def test_causal_scores_match_the_full_vocabulary_and_exact_probabilities(tiny_ca
         assert torch.allclose(method(batch).softmax(-1), exact_label_distribution(method, batch), atol=1e-5)
 
 
-def test_masked_lm_fills_as_many_masks_as_a_word_has_tokens(tiny_mlm, task):
-    method = make(tiny_mlm, task, patterns=["{text} It was {mask}."], verbalizer=MULTI_TOKEN)
+def test_word_scores_match_a_softcapping_models_own_logits(task):
+    """Gemma 2 caps its final logits (tanh(x / c) * c); the label-word rows must be capped alike. A tiny
+    random Gemma 2 with a cap of 0.5, so the cap bites."""
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    from conftest import resolve
+    from pretune.backbones import Backbone
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    tokenizer.pad_token = tokenizer.eos_token
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                          final_logit_softcapping=0.5, attn_logit_softcapping=None, sliding_window=64)
+    backbone = Backbone(model=Gemma2ForCausalLM(config).eval(), tokenizer=tokenizer, kind="causal", name="tiny-gemma2", path="")
+    method = make(backbone, task, patterns=["{text} It was {mask}"], verbalizer=MULTI_TOKEN)
+    batch = only_batch(method, task.test[:4])
+    scorer = method.readout.scorer
+    with torch.no_grad():
+        capped = scorer.word_scores(batch)
+        assert torch.allclose(capped, scorer.full_vocabulary_word_scores(batch), atol=1e-5)
+        scorer.softcap = None  # the same rows uncapped are another distribution
+        assert (scorer.word_scores(batch) - capped).abs().max() > 1e-3
+
+
+# Two word lengths (3 tokens and 1) as well as the many of MULTI_TOKEN: the normalisers must be computed as
+# soon as the lengths differ.
+@pytest.mark.parametrize("verbalizer", [MULTI_TOKEN, "negative=abysmal positive=great"])
+def test_masked_lm_fills_as_many_masks_as_a_word_has_tokens(tiny_mlm, task, verbalizer):
+    method = make(tiny_mlm, task, patterns=["{text} It was {mask}."], verbalizer=verbalizer)
     lengths = {len(ids) for ids in method.prompt.words.token_ids}
     assert len(lengths) > 1
     batch = only_batch(method, task.test[:3])
@@ -91,6 +119,17 @@ def test_soft_token_positions_reach_the_batch_for_ptuning(tiny_mlm, tiny_causal,
         assert (batch.input_ids[batch.soft_mask] == placeholder).all()
 
 
+def test_soft_tokens_after_a_masked_lms_mask_move_with_the_number_of_masks(tiny_mlm, task):
+    """A masked LM reads soft tokens after the mask too; in a row of a word of N tokens they sit N - 1
+    places further on: every row marks exactly the three placeholders as soft."""
+    options = {"patterns": ["[P] {text} It was {mask} [P*2] ."], "verbalizer": MULTI_TOKEN}
+    method = build_method("ptuning", tiny_mlm, task, options, BodyTraining.parse("frozen"))
+    batch = only_batch(method, task.test[:2])
+    assert len({int(n) for n in (batch.input_ids == tiny_mlm.tokenizer.mask_token_id).sum(dim=1)}) > 1  # rows of several lengths
+    assert batch.soft_mask.sum(dim=1).tolist() == [3] * batch.input_ids.shape[0]
+    assert (batch.input_ids[batch.soft_mask] == method.prompt.renderer.placeholder_id).all()
+
+
 # ---------------------------------------------------------------- refusals
 
 
@@ -110,6 +149,26 @@ def test_refusals_are_user_errors(tiny_encoder, tiny_causal, task):
         make(tiny_causal, regression, patterns=["{text} {mask}"])
     with pytest.raises(UserError, match="--distil needs an ensemble"):
         make_config("pet", {"patterns": ["{text} {mask}"], "distil": True})
+
+
+def test_a_masked_lm_without_a_mask_token_is_refused_by_name(tiny_mlm):
+    from pretune.cloze.lm import language_model
+
+    tiny_mlm.tokenizer.mask_token = None
+    with pytest.raises(UserError) as refused:
+        language_model(tiny_mlm)
+    assert str(refused.value) == "model 'tiny-mlm' is a masked LM without a mask token"
+
+
+def test_an_empty_text_before_a_causal_mask_is_refused_with_the_cure(tiny_causal, task):
+    """The pattern "{text} {mask}" passes the pattern check, but an empty text leaves nothing before the mask."""
+    method = make(tiny_causal, task, patterns=["{text} {mask}"])
+    (rendered,) = method.featurize([Example("")], progress=False)
+    assert rendered.prefix == []  # no beginning-of-text token either: nothing to predict the answer from
+    with pytest.raises(UserError) as refused:
+        method.label_scores([Example("")])
+    assert str(refused.value) == ("a causal LM needs text before {mask}, and an example left none there: "
+                                  "add words before the mask")
 
 
 def test_no_built_in_pattern_is_searched_for(tiny_causal):

@@ -211,6 +211,13 @@ def test_refusals_are_one_line_user_errors(tiny_causal, task, options, message):
         make(backbone, task, **options)
 
 
+def test_soft_tokens_after_a_causal_mask_are_refused_with_the_reason_and_the_cure(tiny_causal, task):
+    with pytest.raises(UserError) as refused:
+        make(tiny_causal, task, patterns=["{text} It was {mask} [P]."])
+    assert str(refused.value) == ("pattern '{text} It was {mask} [P].': a causal LM reads left to right, so soft tokens "
+                                  "after {mask} cannot change its answer; put them before {mask}")
+
+
 def test_cli_bad_template_is_one_line_and_leaves_no_run(tmp_path, task_folder, capsys):
     code = main(["train", "--task", str(task_folder), "--model", "bert-tiny", "--method", "ptuning", "--pattern",
                  "{text} It was {mask}.", "--out", str(tmp_path / "run"), "--quiet"])

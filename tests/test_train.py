@@ -4,7 +4,7 @@ import torch
 from pretune.errors import UserError
 from pretune.methods import HeadConfig, HeadMethod
 from pretune.training.evaluation import evaluate
-from pretune.training.trainer import TrainConfig, Trainer, loss_fn, set_seed, target_tensor
+from pretune.training.trainer import TrainConfig, Trainer, loss_fn, resolve_device, set_seed, target_tensor
 from pretune.tuning import BodyTraining
 
 
@@ -49,10 +49,43 @@ def test_soft_targets_and_regression_losses(task):
     assert loss_fn(regression, torch.tensor([[1.0]]), target_tensor(regression, [3.0])).item() == 4.0
 
 
-@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"steps": 0}, {"lr": -1.0}, {"epochs": 0}])
-def test_bad_training_options(bad):
-    with pytest.raises(UserError):
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"batch_size": 0}, "--batch-size must be at least 1, got 0"),
+    ({"eval_batch_size": 0}, "--eval-batch-size must be at least 1, got 0"),
+    ({"grad_accum": 0}, "--grad-accum must be at least 1, got 0"),
+    ({"steps": 0}, "--steps must be at least 1, got 0"),
+    ({"epochs": 0}, "--epochs must be positive, got 0"),
+    ({"lr": -1.0}, "--lr must be positive, got -1.0"),
+    ({"body_lr": 0.0}, "--body-lr must be positive, got 0.0"),
+    ({"weight_decay": -0.1}, "--weight-decay must be 0 or more, got -0.1"),
+    ({"checkpoint_every": -1}, "--checkpoint-every must be 0 (at the end only) or more, got -1"),
+])
+def test_bad_training_options_are_refused_naming_the_option_and_its_value(bad, message):
+    with pytest.raises(UserError) as refused:
         TrainConfig(**bad).validate()
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("edge", [
+    {"batch_size": 1, "eval_batch_size": 1, "grad_accum": 1}, {"steps": 1}, {"weight_decay": 0.0},
+    {"checkpoint_every": 0}, {"lr": 1e-9, "body_lr": 1e-9},
+])
+def test_the_smallest_allowed_training_options_are_accepted(edge):
+    TrainConfig(**edge).validate()  # raises UserError if refused
+
+
+def test_training_on_no_examples_is_refused(tiny_encoder, task):
+    method = HeadMethod(tiny_encoder, task, HeadConfig(), BodyTraining.parse("frozen"))
+    with pytest.raises(UserError) as refused:
+        Trainer(TrainConfig(steps=1), progress=False, log=None).fit(method, [], [])
+    assert str(refused.value) == "no training examples"
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has an Apple GPU")
+def test_device_mps_without_an_apple_gpu_is_refused_by_name():
+    with pytest.raises(UserError) as refused:
+        resolve_device("mps")
+    assert str(refused.value) == "--device mps: no Apple GPU (MPS) is available on this machine"
 
 
 def test_divergence_is_a_clear_error(tiny_mlm, task):
