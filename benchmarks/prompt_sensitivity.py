@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from pretune.api import RunConfig, evaluate_untrained, train_run
+from pretune.precision import cpu_summary
 from pretune.training.trainer import TrainConfig
 
 DATA = Path(os.environ.get("PRETUNE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "fewshot"
@@ -153,20 +152,9 @@ def summarise(cells: list[dict]) -> dict:
     return table
 
 
-def machine() -> dict:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "amx": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
-            "cores": os.cpu_count(), "torch": torch.__version__}
-
-
 def write_report(args, cells: list[dict], out: Path) -> None:
     table = summarise(cells)
-    info = machine()
+    info = cpu_summary()
     expected = len(args.tasks) * len(args.seeds) * (len(METHODS) * (len(PATTERNS["sst-2"]) + 1))
     loads = [c["load"][0] for c in cells]
     lines = [
@@ -178,8 +166,8 @@ def write_report(args, cells: list[dict], out: Path) -> None:
         "seeds; spread = best - worst pattern. `auto`: the prompt search on the split's train + dev only (zero-shot: "
         "what `--pattern auto` evaluates; trained: its best pattern and words, trained like the others). "
         "Produced by `benchmarks/prompt_sensitivity.py`.", "",
-        f"Machine: {info['cpu']} (AMX {info['amx']}, AVX512-BF16 {info['avx512_bf16']}), {info['cores']} cores, "
-        f"torch {info['torch']}, 1 torch thread per shard; load average at the cells' starts "
+        f"Machine: {info['model']} (amx_bf16 {info['amx_bf16']}, avx512_bf16 {info['avx512_bf16']}), {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, 1 torch thread per shard; load average at the cells' starts "
         f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f}.", "",
         f"Cells finished: {len(cells)} of {expected}.", "",
         "| task / method | seeds | patterns | mean | median | worst | best | spread | std | auto | auto beats |",
