@@ -12,8 +12,10 @@ What is written back: every kill (a kill stands while the function is unchanged)
 that the last report (benchmarks/results/mutation.json) explains as equivalent. Every other mutant
 (untested, a survivor no reason explains, one that no test reached or that was interrupted) is left
 to the run: the tests may have changed since, and those are the mutants a new test is written for.
-The test-to-function map (mutants/mutmut-stats.json) is not kept: mutmut collects it again with one
-run of the selected tests, so a test that now reaches another function is seen.
+The test-to-function map (mutants/mutmut-stats.json) is neither kept nor reused: restore deletes it, and
+mutmut collects it again with one run of the selected tests, so a test that now reaches another function
+is seen, and a run in a used checkout does what one in a fresh clone does (with that map mutmut would
+also throw every verdict away when the test selection in pyproject.toml changed).
 
     python benchmarks/mutation_state.py run [--max-children N]   # restore, mutmut run (saving each minute), save
     python benchmarks/mutation_state.py save                     # mutants/ -> benchmarks/results/mutation_state.json
@@ -92,7 +94,8 @@ def explained_survivors() -> set[str]:
 
 def restore() -> tuple[int, int]:
     """Write the saved verdicts into mutants/ for files that have no .meta there yet; then, in every
-    .meta, clear the verdicts a run must redo. Returns (files restored, verdicts cleared)."""
+    .meta, clear the verdicts a run must redo; drop mutmut's test map. Returns (files restored, verdicts cleared)."""
+    (MUTANTS / "mutmut-stats.json").unlink(missing_ok=True)
     restored = 0
     for source, entry in load_state().items():
         path = meta_path(source)
