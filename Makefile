@@ -42,12 +42,14 @@ bench: install
 		--out benchmarks/results/sst-2-smollm2
 	$(PY) benchmarks/ptuning_sst2.py
 
-# Mutation testing (not part of `make test`; about an hour on 2 cores): mutmut changes one line of the
-# training loop, scoring, verbalizers, recipes or parameter groups at a time ([tool.mutmut] in
+# Mutation testing (not part of `make test`; hours on 2 cores when nothing is known): mutmut changes one line
+# of the training loop, scoring, verbalizers, recipes or parameter groups at a time ([tool.mutmut] in
 # pyproject.toml) and runs the fast tests that reach it; then the score and the survivors go to
-# benchmarks/results/mutation.md. Re-running continues: only mutants of changed functions run again.
+# benchmarks/results/mutation.md. It resumes, in a fresh clone too: the verdicts are saved each minute to
+# benchmarks/results/mutation_state.json (commit it) and restored first, so a run tests only the mutants not
+# tested yet, those of functions changed since, and the survivors no reason explains (new tests may kill them).
 mutation: install
-	$(VENV)/bin/mutmut run --max-children 2; $(PY) benchmarks/mutation_report.py
+	$(PY) benchmarks/mutation_state.py run --max-children 2; $(PY) benchmarks/mutation_report.py
 
 # PET and prompt tuning in bfloat16 against the float32 runs above (resumes: only missing runs run).
 bench-bf16: install

@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MUTMUT = [sys.executable, "-m", "mutmut"]
 EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
+COMMAND = ("make mutation: python benchmarks/mutation_state.py run --max-children 2 (mutmut run, resumed from "
+           "benchmarks/results/mutation_state.json), then python benchmarks/mutation_report.py")
 DETECTED = ("killed", "timeout", "segfault")  # the suite noticed the mutant (a hang or a crash is noticed too)
 UNDECIDED = ("not checked", "check was interrupted by user", "skipped")  # not run: left out of the score
 
@@ -51,7 +53,8 @@ EQUIVALENT_PATTERNS = [
     (r"device=None|\.to\(None[,)]|device=[a-z_.]*device\b.*->|non_blocking=(False|None)",
      "where a tensor lives, or a copy hint: on CPU (the suite's platform) nothing moves; CUDA placement is "
      "checked on a lent GPU, not by the CPU suite"),
-    (r'float\("[-+]?(INF|Inf|inf)"\)', "float() reads infinity in any letter case"),
+    # the original reads "inf" in lower case: only another spelling is the mutant's
+    (r'float\("[-+]?(INF|Inf)"\)', "float() reads infinity in any letter case"),
 ]
 
 
@@ -107,7 +110,7 @@ def main() -> int:
     score = detected / tested if tested else 0.0
     adjusted = (detected + len(explained)) / tested if tested else 0.0
     summary = {
-        "command": "mutmut run --max-children 1, then python benchmarks/mutation_report.py (make mutation runs both, with 2 children)",
+        "command": COMMAND,
         "mutants": len(found), "tested": tested, "detected": detected, "score": score,
         "score_counting_equivalent_as_killed": adjusted, "statuses": dict(total),
         "per_module": {m: dict(c) for m, c in sorted(per_module.items())},
@@ -157,7 +160,8 @@ def partial_note(summary: dict) -> list[str]:
     if not untested:
         return []
     return [f"**Partial result**: {untested} of the {summary['mutants']} generated mutants were not tested yet "
-            "(the run was stopped at the deadline); `make mutation` continues from here and tests only those.", ""]
+            "(the run was stopped at the deadline); `make mutation` continues from here (the verdicts are saved in "
+            "benchmarks/results/mutation_state.json) and tests only those, and those of functions changed since.", ""]
 
 
 def issue_table() -> list[str]:

@@ -1,6 +1,6 @@
 """The cloze (PET) computations checked by value: how a label's words combine (directly and through
-the method, which must honour --aggregate), the auxiliary LM loss and its rows, each against numbers
-computed outside the method. Ensembles and distillation: test_ensemble_values.py."""
+the method, which must honour --aggregate), the auxiliary LM loss and its rows, the open-vocabulary
+readout, each against numbers computed outside the method. Ensembles and distillation: test_ensemble_values.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 
 from conftest import _tiny
 from pretune.api import RunConfig, build_method, evaluate_untrained
+from pretune.cloze.scoring import LabelWordScorer
 from pretune.cloze.verbalizer import aggregate
+from pretune.data import Example, Task
 from pretune.training import recipes
 from pretune.training.trainer import TrainConfig, Trainer
 
@@ -164,6 +166,17 @@ def test_auxiliary_lm_loss_is_added_with_its_weight(tmp_path, task):
     assert losses[1.0] - losses[0.0] == pytest.approx(lm_loss, rel=1e-4)
 
 
+def test_without_unlabelled_texts_the_auxiliary_loss_reads_the_training_texts(task):
+    """No --unlabelled: the auxiliary loss is the LM loss on the training texts. Both training examples
+    hold one text, so whichever the loss picks, its slope in the weight is that text's LM loss."""
+    text = "the plot moves slowly but the actors are good"
+    one_text = Task("sst-2", task.labels, "accuracy", train=[Example(text, label="positive"), Example(text, label="negative")])
+    lm_loss = causal_lm_loss(_tiny("causal", "smollm2-135m"), f"{text} It was")
+    losses = {weight: first_step_loss(_tiny("causal", "smollm2-135m"), one_text, aux_lm_weight=weight) for weight in (0.0, 1.0)}
+    assert lm_loss > 1.0  # a random model: the slope is told apart from no auxiliary loss at all
+    assert losses[1.0] - losses[0.0] == pytest.approx(lm_loss, rel=1e-4)
+
+
 
 def test_zero_shot_evaluation_matches_the_scored_accuracy(task_folder, tiny_mlm):
     config = cloze_config(str(task_folder))
@@ -309,3 +322,21 @@ def test_a_verbalizer_prints_as_it_parses_with_semicolons_only_where_a_name_hold
     assert str(spaced_label) == "very negative=awful; positive=good"
     assert str(spaced_word) == "negative=not good; positive=good"
     assert all(Verbalizer.parse(str(v)) == v for v in (plain, spaced_label, spaced_word))
+
+
+# ---------------------------------------------------------------- the open-vocabulary readout
+
+
+@pytest.mark.parametrize("kind", ["mlm", "causal"])
+def test_vocabulary_logits_from_the_body_s_hidden_states_are_the_models_own_logits(kind):
+    """Every position's logits over the whole vocabulary (knowledge probing's readout), from the body's
+    hidden states through the head's transform and output layer, equal the full model's."""
+    backbone = _tiny(kind, "bert-tiny" if kind == "mlm" else "smollm2-135m")
+    backbone.model.eval()
+    encoded = backbone.tokenizer("the capital of france is paris", return_tensors="pt")
+    with torch.no_grad():
+        hidden = backbone.body(**encoded).last_hidden_state[0]
+        logits = LabelWordScorer(backbone).vocabulary_logits(hidden)
+        expected = backbone.model(**encoded).logits[0]
+    assert logits.shape == (encoded["input_ids"].size(1), len(backbone.tokenizer))
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)

@@ -49,6 +49,14 @@ def test_each_schedule_gives_the_hand_computed_rate_at_every_step(name):
     assert EXPECTED["cosine"][2] == 1.0 and EXPECTED["cosine"][6] == pytest.approx(0.5)  # the table is what it says
 
 
+def test_an_unknown_schedule_is_refused_naming_the_known_ones():
+    """A programming error (the CLI refuses the name first), but its message still names the choices."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=RATE)
+    with pytest.raises(ValueError) as refused:
+        learning_rate_schedule("step", optimizer, WARMUP, TOTAL)
+    assert str(refused.value) == "unknown schedule 'step'; one of linear, cosine, constant"
+
+
 class RecordingAdamW(torch.optim.AdamW):
     rates: list[float] = []
 

@@ -160,6 +160,26 @@ def test_a_masked_lm_without_a_mask_token_is_refused_by_name(tiny_mlm):
     assert str(refused.value) == "model 'tiny-mlm' is a masked LM without a mask token"
 
 
+def test_a_masked_lm_whose_output_layer_is_in_no_head_module_is_refused_by_name():
+    """The head's transform is the output layer's parent module: a model whose output layer is its
+    own child has none to separate, and the refusal names the model's class and the layer."""
+    from pretune.cloze.lm import MaskedLM
+
+    class HeadlessLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = torch.nn.Linear(4, 10)
+
+        def get_output_embeddings(self):
+            return self.decoder
+
+    with pytest.raises(UserError) as refused:
+        MaskedLM.output_transform(HeadlessLM())
+    assert str(refused.value) == (
+        "cannot separate the head transform of HeadlessLM from its output layer ('decoder' is not inside a head module)"
+    )
+
+
 def test_an_empty_text_before_a_causal_mask_is_refused_with_the_cure(tiny_causal, task):
     """The pattern "{text} {mask}" passes the pattern check, but an empty text leaves nothing before the mask."""
     method = make(tiny_causal, task, patterns=["{text} {mask}"])
