@@ -13,6 +13,11 @@ Arms (smollm2-135m unless named; 200-example fixed test sample, the LM-BFF split
 - prompt-tuning: 4 soft tokens before the pattern, body frozen, 100 steps (the bench arm);
 - pet: the pattern, whole body, 40 steps, the untrained state evaluated at step 0 and kept if best;
 - pet-demos: pet with the demonstrations of zero-shot-demos;
+- zero-shot-channel, pet-channel: noisy-channel scoring (`--scoring channel`, Min et al. 2022): the built-in
+  pattern turned around, label word first ("Sentiment: {mask}\nReview: {text}", the same words), each label
+  scored by the log-probability of the text after its word;
+- zero-shot-reversed, pet-reversed: that turned-around pattern scored directly (the word's probability
+  too): what the order alone does, so that channel's difference is the scoring's;
 - any arm + `-cal`: with contextual calibration (`--calibrate`: label probabilities divided by those of
   a content-free input), against the label bias a context of demonstrations can bring;
 - setfit-mpnet: the SetFit anchor (setfit 1.2.0 defaults on all-mpnet-base-v2);
@@ -39,6 +44,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STORE = RESULTS / "levers.json"
 TEST_SAMPLE = 200
 MODEL = "smollm2-135m"
+# The built-in causal prompt with the label word before the text, for the channel arms (no built-in one exists).
+CHANNEL_PROMPTS = {
+    "sst-2": ("Sentiment: {mask}\nReview: {text}", "positive=positive negative=negative"),
+    "mr": ("Sentiment: {mask}\nReview: {text}", "positive=positive negative=negative"),
+}
 ENSEMBLES = [("setfit-mpnet", "pet"), ("setfit-mpnet", "zero-shot"), ("setfit-mpnet", "prompt-tuning"),
              ("setfit-mpnet", "zero-shot-demos-cal")]
 
@@ -87,6 +97,12 @@ def run_config(task: str, seed: int, arm: str):
     if arm.endswith("demos"):
         pattern, verbalizer = demonstrations(task, seed)
         options = {"patterns": [pattern], "verbalizer": verbalizer}
+    if arm.endswith(("-channel", "-reversed")):
+        if task not in CHANNEL_PROMPTS:
+            raise SystemExit(f"levers.py: no channel pattern for task '{task}' (add one to CHANNEL_PROMPTS)")
+        pattern, verbalizer = CHANNEL_PROMPTS[task]
+        scoring = "channel" if arm.endswith("-channel") else "direct"
+        options = {"patterns": [pattern], "verbalizer": verbalizer, "scoring": scoring}
     if arm == "prompt-tuning":
         method, options = "ptuning", {"encoder": "none", "prompt_length": 4}
     if arm.startswith("pet"):
@@ -192,8 +208,8 @@ def report(store: dict) -> str:
     for key, record in store.items():
         task, seed, arm = key.split("/")
         cells.setdefault((task, int(seed)), {})[arm] = record
-    arms = ["zero-shot", "zero-shot-cal", "zero-shot-demos", "zero-shot-demos-cal", "prompt-tuning", "pet", "pet-demos",
-            "setfit-mpnet"]
+    arms = ["zero-shot", "zero-shot-cal", "zero-shot-demos", "zero-shot-demos-cal", "zero-shot-reversed",
+            "zero-shot-channel", "prompt-tuning", "pet", "pet-demos", "pet-reversed", "pet-channel", "setfit-mpnet"]
     lines = ["# Levers on small samples (issue 16, step 6)", "",
              f"smollm2-135m unless named; LM-BFF split 16-<seed>; test: a fixed random sample of {TEST_SAMPLE} "
              "examples (seed 0) of the task's test set, the same for every arm; accuracy ×100. Made by "

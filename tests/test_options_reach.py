@@ -41,6 +41,7 @@ OPTIONS = [
     (["--pattern", "{text} A {mask}.", "--pattern", "{mask}: {text}"], "method_options.patterns", ["{text} A {mask}.", "{mask}: {text}"]),
     (["--verbalizer", "positive=good negative=bad"], "method_options.verbalizer", "positive=good negative=bad"),
     (["--aggregate", "mean"], "method_options.aggregate", "mean"),
+    (["--scoring", "channel"], "method_options.scoring", "channel"),
     (["--calibrate"], "method_options.calibrate", True),
     (["--unlabelled", "texts.jsonl"], "method_options.unlabelled", "texts.jsonl"),
     (["--aux-lm-weight", "0.25"], "method_options.aux_lm_weight", 0.25),
@@ -174,6 +175,15 @@ def test_pattern_and_verbalizer_reach_the_prompt(tiny_mlm, task):
                    "--verbalizer", "positive=good,fine negative=bad")
     assert method.prompt.pattern.source == "{text} Overall: {mask}."
     assert dict(method.prompt.verbalizer.words) == {"negative": ("bad",), "positive": ("good", "fine")}
+
+
+def test_scoring_channel_scores_only_the_text_after_the_word(tiny_causal, task):
+    pattern = ("--method", "pet", "--pattern", "It was {mask}. {text}", "--verbalizer", "positive=great negative=bad")
+    direct, channel = built(tiny_causal, task, *pattern), built(tiny_causal, task, *pattern, "--scoring", "channel")
+    items = direct.featurize(task.test[:1])
+    one_token_words = 2
+    # tests/test_channel.py checks the channel scores by value
+    assert len(channel.collate(items).target_token) == len(direct.collate(items).target_token) - one_token_words
 
 
 def test_calibrate_changes_the_evaluation_scores(tiny_mlm, task):

@@ -43,6 +43,9 @@ METHOD_OPTIONS = [
                  metavar="WORDS"),
     MethodOption("--aggregate", "aggregate", str, "pet: how a label's words combine", ("logsumexp", "mean", "max"),
                  "logsumexp"),
+    MethodOption("--scoring", "scoring", str, "pet, ptuning, prompt-tuning, deep-prompt on a causal LM: a label "
+                 "by its word's probability after the text (direct), or by the text's after the word (channel, "
+                 "Min et al. 2022; the pattern puts {mask} before the text)", ("direct", "channel"), "direct"),
     MethodOption("--calibrate", "calibrate", bool, "pet: contextual calibration by content-free inputs (Zhao et al. 2021)"),
     MethodOption("--unlabelled", "unlabelled", str, "pet: data file of unlabelled texts (auxiliary LM loss, distillation)",
                  metavar="FILE"),

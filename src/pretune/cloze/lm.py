@@ -9,10 +9,10 @@ of its targets' log-probabilities, so multi-token words cost no extra forward pa
   words are one token); a word of N tokens fills the N masks in parallel. The answer is read at
   the mask, through the LM head's transform; PET's auxiliary loss restores 15% of the tokens.
 - Causal LM: a row is prefix + word (+ text after the mask); the word's tokens and what follows are
-  scored left to right, words of one token share a single row (the prefix). The answer is read at
-  the last token before the mask; the auxiliary loss predicts every next token. Nothing may close
-  the text (an end-of-text marker would be scored as part of every label), and the body runs
-  without a key/value cache.
+  scored left to right (what follows alone with noisy-channel scoring, `cloze.channel`), words of
+  one token share a single row (the prefix). The answer is read at the last token before the mask;
+  the auxiliary loss predicts every next token. Nothing may close the text (an end-of-text marker
+  would be scored as part of every label), and the body runs without a key/value cache.
 
 `language_model(backbone)` gives the kind's object; the methods never test the kind themselves.
 """
@@ -84,16 +84,21 @@ class _Layout:
 
     def to_batch(self, pad_id: int) -> ClozeBatch:
         input_ids = pad_right(self.rows, pad_id)
-        row, position, token, slot, normalize = zip(*self.targets)
+        # No targets at all is a batch of channel rows whose texts are all empty: every label scores 0.
+        row, position, token, slot, normalize = zip(*self.targets) if self.targets else ((),) * 5
         soft_mask = None
         if any(self.soft):
             soft_mask = torch.zeros_like(input_ids, dtype=torch.bool)
             for i, positions in enumerate(self.soft):
                 soft_mask[i, positions] = True
         return ClozeBatch(
-            input_ids, attention_mask(self.rows), torch.tensor(row), torch.tensor(position), torch.tensor(token),
-            torch.tensor(slot), torch.tensor(normalize), self.num_examples, self.num_words, soft_mask,
+            input_ids, attention_mask(self.rows), _indices(row), _indices(position), _indices(token), _indices(slot),
+            torch.tensor(normalize, dtype=torch.bool), self.num_examples, self.num_words, soft_mask,
         )
+
+
+def _indices(values: tuple[int, ...]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long)
 
 
 def _shifted(rendered: Rendered, middle: int) -> list[int]:
@@ -206,11 +211,17 @@ class CausalLM:
             for word, ids in enumerate(words.token_ids):
                 sequence = r.prefix + list(ids) + r.suffix
                 row = layout.row(example, sequence[:-1], _shifted(r, len(ids)))
-                for position in range(len(r.prefix), len(sequence)):
+                for position in range(self.first_scored(r, ids), len(sequence)):
                     # The first word token is predicted from the prefix alone: the same normaliser for every word.
                     normalize = position > len(r.prefix)
                     layout.target(row, position - 1, sequence[position], example, word, normalize)
         return layout.to_batch(self.pad_id)
+
+    @staticmethod
+    def first_scored(rendered: Rendered, word: tuple[int, ...]) -> int:
+        """Where a row's scored tokens start: at the word (its probability, then the text's after it).
+        Noisy-channel scoring (`cloze.channel`) starts after it."""
+        return len(rendered.prefix)
 
     def position_batch(self, rendered: list[Rendered]) -> ClozeBatch:
         """One target per example where a head reads the answer: the last token before the mask (the

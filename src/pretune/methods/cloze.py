@@ -13,7 +13,8 @@ presets of it, see `presets`):
     example --render--> Rendered --readout.batch--> ClozeBatch --input.body_inputs--> body
             --hidden states--> readout.scores --> [calibration] --> label scores [B, C]
 
-Masked and causal LMs differ only inside `cloze.lm`. With no training this is zero-shot
+Masked and causal LMs differ only inside `cloze.lm`; noisy-channel scoring (`--scoring channel`) is
+the causal layout of `cloze.channel`, scoring the text after the label word. With no training this is zero-shot
 classification; training is cross-entropy over the label scores through the shared trainer.
 Contextual calibration (Zhao et al. 2021, `--calibrate`) divides the label probabilities by those
 of content-free inputs ("N/A", "", "[MASK]"), recomputed whenever the weights may have changed.
@@ -30,8 +31,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..cloze.channel import (
+    CHANNEL,
+    DIRECT,
+    EXAMPLE_PATTERN,
+    SCORINGS,
+    require_text_after_mask,
+    scored_language_model,
+)
 from ..cloze.inputs import INPUTS, build_input
-from ..cloze.lm import ClozeBatch, language_model
+from ..cloze.lm import ClozeBatch
 from ..cloze.pattern import Pattern, Rendered
 from ..cloze.prompt import BoundPrompt, Prompt, fitting_length, ptuning_template, resolve_prompts
 from ..cloze.readouts import READOUTS, build_readout
@@ -67,6 +76,7 @@ class ClozeConfig(MethodConfig):
     patterns: list[str] = field(default_factory=list)  # one, or several for an ensemble; none: the task's built-in one
     verbalizer: str | None = None  # "label=word,word label=word"; none: the built-in one, else the label names
     aggregate: str = DEFAULT_AGGREGATION  # how a label's words combine: logsumexp | mean | max
+    scoring: str = DIRECT  # direct: the word given the text | channel: the text after the word (causal LMs, cloze.channel)
     calibrate: bool = False  # contextual calibration of the label probabilities
     max_length: int = 256
     readout: str = "verbalizer"  # label scores from the verbalizer's words, or a head on the hidden state read there
@@ -106,6 +116,8 @@ class ClozeConfig(MethodConfig):
         self._check_values()
         if self.trains_a_prompt:
             self._check_trained_prompt(parsed)
+        if self.scoring == CHANNEL:
+            self._check_channel(parsed)
         if task is not None:
             _check_task(task, parsed, words, self.method)
         # Only a task with training data reads the file: a saved run predicts without it.
@@ -126,6 +138,7 @@ class ClozeConfig(MethodConfig):
             (self.encoder in ENCODERS, f"unknown --encoder '{self.encoder}' (choose one of {', '.join(ENCODERS)})"),
             (self.prompt_length is None or self.prompt_length >= 1, f"--prompt-length must be at least 1, got {self.prompt_length}"),
             (self.input in INPUTS, f"unknown input '{self.input}'"),
+            (self.scoring in SCORINGS, f"unknown --scoring '{self.scoring}' (choose one of {', '.join(SCORINGS)})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -139,6 +152,21 @@ class ClozeConfig(MethodConfig):
         if self.input == "soft" and patterns and not self.prompt_length and not patterns[0].soft_tokens:
             pattern = self.patterns[0]
             raise UserError(f"pattern '{pattern}' has no soft tokens: add some ('[P*4]{pattern}') or give --prompt-length N")
+
+    def _check_channel(self, patterns: list[Pattern]) -> None:
+        """What channel scoring cannot go with, refused before any model loads (the model's kind is
+        checked by `cloze.channel` once it is loaded)."""
+        if not patterns:  # none given, or `auto`: the built-in and searched patterns end with the mask
+            raise UserError("--scoring channel needs a --pattern of your own with the text after {mask}, "
+                            f"e.g. '{EXAMPLE_PATTERN}' (the built-in and searched patterns end with the mask)")
+        if self.verbalizer == AUTO:
+            raise UserError("--verbalizer auto chooses words by direct scoring; with --scoring channel give the "
+                            "words with --verbalizer")
+        if self.readout != "verbalizer":
+            raise UserError(f"--scoring channel scores the text after the verbalizer's words; it does not apply "
+                            f"to --readout {self.readout}")
+        for pattern in patterns:
+            require_text_after_mask(pattern)
 
     def unlabelled_examples(self) -> list[Example]:
         return read_examples(self.unlabelled, require_label=False) if self.unlabelled else []
@@ -180,7 +208,7 @@ class ClozeMethod(Method):
 
     def __init__(self, backbone, task: Task, config: ClozeConfig, training: BodyTraining, prompt: Prompt | None = None):
         config.validate(task)
-        lm = language_model(backbone)  # refuses a model without an LM head before anything else
+        lm = scored_language_model(backbone, config.scoring)  # refuses a model without an LM head before anything else
         super().__init__(backbone, task, config, training)
         self.name = config.method
         self.lm = lm
