@@ -16,8 +16,8 @@ from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
 
 from pretune.cli import main
+from pretune.sharding import is_sharded
 from pretune.training.engine import Engine
-from pretune.training.sharding import is_sharded
 
 SHARDED_REPORT = "fsdp_on_cpu: rank {rank} trains {sharded} of {total} parameters sharded"
 

@@ -18,9 +18,9 @@ from fsdp_on_cpu import SHARDED_REPORT
 from pretune.backbones import load_backbone
 from pretune.cli import main
 from pretune.errors import UserError
+from pretune.sharding import shard_unit_classes
 from pretune.training.checkpoint import checkpoint_step
 from pretune.training.engine import Engine
-from pretune.training.sharding import shard_unit_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDP_CONFIG = ROOT / "examples" / "accelerate" / "fsdp.yaml"

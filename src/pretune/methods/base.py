@@ -26,6 +26,7 @@ from ..backbones import Backbone
 from ..data import Example, Task
 from ..errors import UserError
 from ..precision import FLOAT32, Precision
+from ..sharding import shard_unit_classes, without_autograd
 from ..tuning import BodyTraining, apply_body_training
 
 # Parameter roles: the method's own new parameters train at `--lr`, the body's at `--body-lr`;
@@ -72,8 +73,6 @@ class Method(nn.Module):
     def _no_split_modules(self) -> list[str]:
         """The body's layer classes that FSDP may shard one by one (transformers' name for them, which
         accelerate reads under `fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP`); see `shard_unit_classes`."""
-        from ..training.sharding import shard_unit_classes
-
         return shard_unit_classes(self.model)
 
     def train(self, mode: bool = True):
@@ -132,8 +131,6 @@ class Method(nn.Module):
 
     def score_items(self, items: list, batch_size: int = 32, progress: bool = False, desc: str = "scoring") -> torch.Tensor:
         """Label scores [N, C] for featurized items, batched by similar length and returned in order."""
-        from ..training.sharding import without_autograd
-
         was_training = self.training
         self.eval()
         order = sorted(range(len(items)), key=lambda i: self.item_length(items[i]))

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .sharding import full_optimizer_state, full_tensors, sharded_like, unshard_for_good
+from ..sharding import full_optimizer_state, full_tensors, sharded_like, unshard_for_good
 
 
 class Processes:

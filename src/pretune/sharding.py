@@ -7,7 +7,8 @@ evaluation and adapter that rank 0 writes alone, the next stage of a recipe) wan
 the engine gathers them where the loop needs a copy (`full_tensors`, a collective: every process
 calls it) and, when a stage ends, turns the model back into a plain module holding the trained
 weights (`unshard_for_good`); after that a sharded stage looks to the rest of the run like one that
-ran in a single process.
+ran in a single process. Methods take from here the layers FSDP may shard one by one
+(`shard_unit_classes`) and the grad mode to score in (`without_autograd`).
 
 FSDP2 has no public way back: `unshard_for_good` undoes what `fully_shard` did (its hooks, its
 registration, its class swap), so it follows torch's private names, checked against torch 2.13.
