@@ -126,3 +126,24 @@ def bert_tiny() -> Backbone:
 @pytest.fixture
 def minilm() -> Backbone:
     return load_backbone("minilm-l6")
+
+
+# ---------------------------------------------------------------- interrupted runs
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised right after the checkpoint of a step was written."""
+
+
+def kill_after_checkpoint(monkeypatch, step: int) -> None:
+    """Runs started from now on stop (raise `Killed`) right after writing the checkpoint of `step`."""
+    from pretune.training.checkpoint import Checkpointer
+
+    original = Checkpointer.save
+
+    def save_then_die(self, snapshot, config):
+        original(self, snapshot, config)
+        if snapshot.loop["step"] == step:
+            raise Killed
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)

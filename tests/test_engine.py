@@ -1,19 +1,16 @@
 """The training engine: the schedules' rates, the history written as training goes, the trackers,
 and accelerate's part (one process: the method itself, gradient accumulation; several: see
-test_distributed.py; FSDP on a GPU)."""
+test_distributed.py, and test_sharded.py for FSDP)."""
 
 import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import _tiny, sentiment_task
+from conftest import Killed, _tiny, kill_after_checkpoint, sentiment_task
 from pretune.api import RunConfig, resume_run, train_run
 from pretune.cli import build_parser, main, run_config_from_args
 from pretune.errors import UserError
@@ -23,8 +20,6 @@ from pretune.training.engine import Engine
 from pretune.training.schedule import learning_rate_schedule
 from pretune.training.trainer import TrainConfig, Trainer, set_seed
 from pretune.tuning import BodyTraining
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # 10 steps, warmup ratio 0.2: w = 2 warmup steps at 1/3 and 2/3 of the rate, then the schedule proper.
 TOTAL, WARMUP, RATE = 10, 2, 0.3
@@ -146,10 +141,6 @@ def history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
 
 
-class Killed(Exception):
-    """Stands in for a kill: raised right after the checkpoint of a step was written."""
-
-
 def test_history_is_written_as_training_goes_and_resume_continues_it(tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     train_run(tiny_run_config(tmp_path / "a"), straight, progress=False, backbone=_tiny("mlm", "bert-tiny"))
@@ -161,14 +152,7 @@ def test_history_is_written_as_training_goes_and_resume_continues_it(tmp_path, m
     evaluations = [{k: v for k, v in row.items() if k not in ("kind", "phase")} for row in rows if row["kind"] == "evaluation"]
     assert evaluations == metrics["train"]["history"]  # the rows metrics.json ends with, written on the way
 
-    original = Checkpointer.save
-
-    def save_then_die(self, snapshot, config):
-        original(self, snapshot, config)
-        if snapshot.loop["step"] == 5:
-            raise Killed
-
-    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    kill_after_checkpoint(monkeypatch, 5)
     victim = tmp_path / "victim"
     with pytest.raises(Killed):
         train_run(tiny_run_config(tmp_path / "b"), victim, progress=False, backbone=_tiny("mlm", "bert-tiny"))
@@ -195,23 +179,6 @@ def test_report_to_tensorboard_writes_event_files(tmp_path):
     assert [event.step for event in scalars.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [event.step for event in scalars.Scalars("dev/accuracy")] == [2, 4]
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
-
-
-# ---------------------------------------------------------------- sharded: FSDP on a GPU
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP shards over GPUs: no CUDA device on this machine")
-def test_fsdp_from_the_shipped_accelerate_config(tmp_path, task_folder):
-    """The documented launch with the shipped FSDP config trains bert-tiny to a complete run."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "examples" / "accelerate" / "fsdp.yaml"), "--num_processes", str(torch.cuda.device_count())]
-    options = ["--task", str(task_folder), "--model", "bert-tiny", "--method", "pet", "--train", "full", "--steps", "8",
-               "--batch-size", "4", "--quiet", "--out", str(tmp_path / "run")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([*launch, "-m", "pretune", "train", *options], capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
 
 
 def test_a_checkpoint_from_before_the_schedule_option_resumes_as_linear(tmp_path):

@@ -26,6 +26,7 @@ from ..backbones import Backbone
 from ..data import Example, Task
 from ..errors import UserError
 from ..precision import FLOAT32, Precision
+from ..sharding import shard_unit_classes, without_autograd
 from ..tuning import BodyTraining, apply_body_training
 
 # Parameter roles: the method's own new parameters train at `--lr`, the body's at `--body-lr`;
@@ -67,6 +68,12 @@ class Method(nn.Module):
         self.config = config
         self.body_training = training
         self.model = apply_body_training(backbone.model, training)  # registered: moves with .to()
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The body's layer classes that FSDP may shard one by one (transformers' name for them, which
+        accelerate reads under `fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP`); see `shard_unit_classes`."""
+        return shard_unit_classes(self.model)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -122,7 +129,6 @@ class Method(nn.Module):
         """Label scores [N, C] of examples, in their order."""
         return self.score_items(self.featurize(examples, progress=progress), batch_size, progress)
 
-    @torch.inference_mode()
     def score_items(self, items: list, batch_size: int = 32, progress: bool = False, desc: str = "scoring") -> torch.Tensor:
         """Label scores [N, C] for featurized items, batched by similar length and returned in order."""
         was_training = self.training
@@ -131,7 +137,7 @@ class Method(nn.Module):
         chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         out = [None] * len(items)
         for chunk in tqdm(chunks, desc=desc, unit="batch", disable=not progress or len(chunks) < 2, leave=False):
-            with self.autocast():
+            with without_autograd(self), self.autocast():
                 scores = self(self.collate([items[i] for i in chunk]).to(self.device)).float().cpu()
             for row, index in zip(scores, chunk):
                 out[index] = row

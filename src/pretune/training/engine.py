@@ -15,6 +15,11 @@ the same best-state and early-stopping decisions; only rank 0 writes the run fol
 The batches are drawn by the trainer (`BatchOrder`), not by a prepared DataLoader: their state goes
 into pretune's checkpoints, which resume a run bit for bit, and the learning-rate schedule is not
 prepared either (accelerate would step it once per process, a per-process batch's convention).
+
+Sharded (FSDP2): the loop's copies of the weights and optimizer state are gathered whole, and a
+stage's model leaves the engine a plain module with the trained weights on every process
+(`sharding`), so what follows training (evaluation, the adapter, the next stage) is the same
+as after a one-process stage.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..sharding import full_optimizer_state, full_tensors, sharded_like, unshard_for_good
 
 
 class Processes:
@@ -120,7 +126,11 @@ class Engine:
 
     def __init__(self, grad_accum: int, log_with: str | None = None, project_dir: Path | None = None):
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin
+        from accelerate.utils import (
+            DistributedDataParallelKwargs,
+            DistributedType,
+            GradientAccumulationPlugin,
+        )
 
         group = processes()  # joins the group first, with the CPU choice made there
         self.grad_accum = grad_accum
@@ -134,6 +144,9 @@ class Engine:
             log_with=log_with,
             project_dir=project_dir,
         )
+        if self.accelerator.distributed_type == DistributedType.FSDP and not self.accelerator.is_fsdp2:
+            raise UserError("FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config"
+                            " (examples/accelerate/fsdp.yaml)")
 
     def prepare(self, method: torch.nn.Module, optimizer: torch.optim.Optimizer):
         """(model, optimizer) for one stage: the model to call in training (the method itself in one
@@ -158,13 +171,40 @@ class Engine:
     def clip(self, params: list[torch.nn.Parameter], max_norm: float) -> float | None:
         """Clip the gradients' global norm (sharded gradients included); the norm before clipping,
         None where the engine (DeepSpeed) clips inside its own step."""
+        if self.sharded:
+            # torch clips sharded gradients itself (one mesh: all of a stage's units share it); accelerate's
+            # FSDP2 branch compares `params` with the model's parameters element by element, which fails
+            # for DTensors in another order (the optimizer's roles) and skips a frozen body's.
+            return float(torch.nn.utils.clip_grad_norm_(params, max_norm).full_tensor())
         norm = self.accelerator.clip_grad_norm_(params, max_norm)
         return None if norm is None else float(norm)
 
-    def release(self) -> None:
-        """Drop accelerate's references to the stage's model and optimizer (the optimizer's state; in a
-        group, the wrapper whose hooks sit on a body the next stage shares)."""
+    # -- whole weights and optimizer state, sharded or not (a collective when sharded) --------------
+    @property
+    def sharded(self) -> bool:
+        """Whether the launch's accelerate config spreads a stage's parameters over the processes (FSDP)."""
+        return self.accelerator.is_fsdp2
+
+    def trainable_state(self, method: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The method's trainable weights, whole (gathered from the processes' slices when sharded)."""
+        return full_tensors(method.trainable_state_dict())
+
+    def optimizer_state(self, optimizer) -> dict:
+        """The prepared optimizer's state as one process would hold it (moments gathered whole when sharded)."""
+        return full_optimizer_state(optimizer.state_dict())
+
+    def load_optimizer_state(self, optimizer, state: dict) -> None:
+        """Load an `optimizer_state` into the prepared optimizer (each process keeps its slices when sharded)."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        optimizer.load_state_dict(sharded_like(state, params) if self.sharded else state)
+
+    def release(self, method: torch.nn.Module) -> None:
+        """End a stage: a sharded method becomes a plain one again with its trained weights whole on every
+        process; accelerate's references to the stage's model and optimizer are dropped (the optimizer's
+        state; in a group, the wrapper whose hooks sit on a body the next stage shares)."""
         accelerator = self.accelerator
+        if self.sharded:
+            unshard_for_good(method)
         if processes().is_distributed:
             accelerator.free_memory()  # and a garbage collection: the wrapper must be gone, hooks and all
             return

@@ -202,11 +202,13 @@ class Trainer:
 
         snapshot = self.checkpoints.resume(stage) if self.checkpoints else None
         if snapshot is not None:
-            loop, best_state = self._restore(snapshot, optimizer, scheduler, batches)
+            loop, best_state = self._restore(snapshot, scheduler, batches)
         else:
             loop, best_state = LoopState(), None
         # In a group every process starts from rank 0's weights (DDP broadcasts them as it wraps).
         model, optimizer = self.engine.prepare(method, optimizer)
+        if snapshot is not None:  # once prepared: sharded, each process takes its slices of the moments
+            self.engine.load_optimizer_state(optimizer, snapshot.optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         if snapshot is None and dev_items and (method.start_is_usable if config.eval_start is None else config.eval_start):
             best_state = self._evaluation(stage, loop, eval_every, dev_items, dev_targets, best_state)
@@ -233,7 +235,7 @@ class Trainer:
                 start += time.perf_counter() - paused  # the clock times training, not writing checkpoints
         bar.close()
         loop.seconds += time.perf_counter() - start
-        self.engine.release()
+        self.engine.release(method)  # a sharded method is whole again from here on
         if best_state is not None:
             method.load_trainable_state_dict(best_state)
         method.eval()
@@ -305,7 +307,7 @@ class Trainer:
             row.update({f"dev_{k}": v for k, v in dev_metrics.items()})
             if dev_metrics[metric] > loop.best_metric:
                 loop.best_metric, loop.best_step, loop.bad_evals = dev_metrics[metric], loop.step, 0
-                best_state = {k: v.to("cpu", copy=True) for k, v in self.method.trainable_state_dict().items()}
+                best_state = {k: v.to("cpu", copy=True) for k, v in self.engine.trainable_state(self.method).items()}
             else:
                 loop.bad_evals += 1
         loop.history.append(row)
@@ -314,9 +316,11 @@ class Trainer:
         return best_state
 
     def _evaluate(self, items: list[dict], targets: list) -> dict:
-        """Dev metrics; with several processes each scores its shard and all see the same numbers."""
+        """Dev metrics; with several processes each scores its shard and all see the same numbers.
+        A sharded model gathers its weights in every forward pass, so there every process scores all
+        the items: the processes must run the same passes."""
         batch_size = self.config.eval_batch_size
-        if not self.processes.is_distributed:
+        if not self.processes.is_distributed or self.engine.sharded:
             return task_metrics(self.method.task, self.method.score_items(items, batch_size), targets)
         mine = self.processes.shard(list(range(len(items))))
         parts = self.processes.gather(self.method.score_items([items[i] for i in mine], batch_size))
@@ -330,17 +334,17 @@ class Trainer:
         snapshot = Snapshot(
             phase=stage,
             loop={**asdict(loop), "seconds": seconds},
-            weights=self.method.trainable_state_dict(),
+            weights=self.engine.trainable_state(self.method),
             best=best_state,
-            optimizer=optimizer.state_dict(),
+            optimizer=self.engine.optimizer_state(optimizer),
             scheduler=scheduler.state_dict(),
             rng={**rng_state(), "batches": batches.state_dict()},
         )
         self.checkpoints.save(snapshot, self._options())
 
-    def _restore(self, snapshot: Snapshot, optimizer, scheduler, batches: BatchOrder):
+    def _restore(self, snapshot: Snapshot, scheduler, batches: BatchOrder):
+        """Everything but the optimizer's state, which goes into the prepared optimizer (see `fit`)."""
         self.method.load_trainable_state_dict(snapshot.weights)
-        optimizer.load_state_dict(snapshot.optimizer)
         scheduler.load_state_dict(snapshot.scheduler)
         batches.load_state_dict(snapshot.rng["batches"])
         restore_rng(snapshot.rng)
