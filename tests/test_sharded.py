@@ -125,6 +125,20 @@ def test_fsdp_version_1_is_refused(monkeypatch):
         Engine(grad_accum=1)
 
 
+def test_a_deepspeed_launch_is_refused_before_any_model_loads(tmp_path, task_folder, monkeypatch, capsys):
+    """`accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED: one line, exit 2, no run folder
+    (ZeRO's partitioned parameters and optimizer state would be read as whole, and the run end wrong)."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setattr("pretune.run_config.load_backbone", lambda *a, **k: pytest.fail("a model loaded"))
+    code = main(["train", "--task", str(task_folder), "--model", "bert-tiny", "--method", "pet", "--steps", "1",
+                 "--out", str(tmp_path / "run")])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert err.strip().splitlines() == ["pretune: error: DeepSpeed is not supported: shard with FSDP "
+                                        "(examples/accelerate/fsdp.yaml) or train data-parallel (examples/accelerate/ddp.yaml)"]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP on GPUs: no CUDA device on this machine")
 def test_fsdp_from_the_shipped_accelerate_config_on_gpus(tmp_path, task_folder):

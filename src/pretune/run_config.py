@@ -20,6 +20,7 @@ from .precision import Precision, check_dtype, resolve_precision
 from .sources import in_memory, kind_of, load_any_task
 from .training import recipes
 from .training.recipes import PatternEnsemble
+from .training.engine import check_launch
 from .training.trainer import TrainConfig, resolve_device, set_seed
 from .tuning import BodyTraining
 from .validation import check_fields, check_numbers
@@ -76,6 +77,7 @@ def prepare_task(config: RunConfig) -> Task:
     check_numbers({name: getattr(config, name) for name in ("lora_r", "lora_alpha", "split_seed", "shots", "test_sample")})
     config.training.validate()
     resolve_device(config.training.device)  # a device this machine lacks: refused before any model loads
+    check_launch()
     columns = Columns(config.text_field, config.pair_field, config.label_field)
     task = load_any_task(config.task, split_seed=config.split_seed, columns=columns)
     if config.shots is not None:

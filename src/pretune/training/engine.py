@@ -3,8 +3,8 @@
 A plain `pretune train` is one process. Under `accelerate launch -m pretune train ...` (or torchrun)
 the launcher sets WORLD_SIZE/RANK and accelerate joins the processes into one group (gloo on CPUs,
 NCCL on GPUs). How the model is spread over them is the accelerate config's choice, not pretune's:
-DDP (a full copy each, gradients averaged), FSDP (parameters, gradients and optimizer state sharded)
-or DeepSpeed. The user's command is otherwise the same.
+DDP (a full copy each, gradients averaged) or FSDP (parameters, gradients and optimizer state
+sharded). The user's command is otherwise the same. DeepSpeed is refused (`check_launch`).
 
 How the work is split: every process draws the same global batch (`--batch-size` is global, so a
 run's hyperparameters mean the same with any number of processes) and trains on its shard of it;
@@ -101,6 +101,16 @@ class Processes:
         return result
 
 
+def check_launch() -> None:
+    """Refuse, before any model loads, a launch whose engine pretune cannot read back. Under DeepSpeed
+    ZeRO the parameters (stage 3) and the optimizer state (stages 1-2) are partitioned in DeepSpeed's
+    own layout, which the best-state copies, checkpoints and the adapter would read as if whole: the
+    run would finish with wrong weights and no error."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        raise UserError("DeepSpeed is not supported: shard with FSDP (examples/accelerate/fsdp.yaml) "
+                        "or train data-parallel (examples/accelerate/ddp.yaml)")
+
+
 @cache
 def processes() -> Processes:
     """This process's place in the group, joining the group on first use when a launcher started it."""
@@ -119,7 +129,7 @@ def processes() -> Processes:
 
 class Engine:
     """One `accelerate.Accelerator` for a trainer: it prepares each stage's model and optimizer for the
-    launch's setup (plain, DDP, FSDP, DeepSpeed), accumulates gradients over micro-batches (syncing
+    launch's setup (plain, DDP, FSDP), accumulates gradients over micro-batches (syncing
     them only at the last), runs backward and clipping, and carries the `--report-to` trackers.
 
     Devices stay pretune's (`--device`, one GPU per process of a group): accelerate places nothing."""
@@ -132,6 +142,7 @@ class Engine:
             GradientAccumulationPlugin,
         )
 
+        check_launch()
         group = processes()  # joins the group first, with the CPU choice made there
         self.grad_accum = grad_accum
         self.accelerator = Accelerator(
