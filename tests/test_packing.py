@@ -44,6 +44,16 @@ def test_equal_lengths_and_a_high_call_cost_keep_the_batch_whole():
     assert length_groups([5, 90, 6, 88], call_cost=0) == [[0], [2], [3], [1]]
 
 
+
+def test_a_cut_that_saves_no_more_than_its_call_cost_is_not_made():
+    # [10, 42] whole: 2 * 42 + 32 = 116 tokens; cut: (10 + 32) + (42 + 32) = 116. A tie keeps the batch whole,
+    # one token more padding to save makes the cut pay.
+    assert length_groups([42, 10], call_cost=32) == [[1, 0]]
+    assert length_groups([43, 10], call_cost=32) == [[1], [0]]
+    # three groups where the lengths cluster, each in order of length: whole costs 6 * 90 + 32 = 572 tokens
+    assert length_groups([90, 10, 50, 12, 88, 52], call_cost=32) == [[1, 3], [2, 5], [4, 0]]
+    assert length_groups([]) == []
+
 class Scripted:
     """A method stand-in: items are their lengths; says whether it may be cut."""
 
