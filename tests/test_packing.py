@@ -89,20 +89,32 @@ def test_a_frozen_body_splits_exactly_and_a_training_body_or_active_dropout_does
 
 
 def trained_prompt(backbone, task, call_cost, monkeypatch):
-    """The soft prompt after 3 steps of batch 8, with batches cut at `call_cost`."""
+    """The soft prompt after 3 steps of batch 8, with batches cut at `call_cost`, and the lengths of
+    the items of each forward pass."""
     monkeypatch.setattr(packing, "CALL_COST_TOKENS", call_cost)
     set_seed(0)
     method = prompt_tuning(backbone, task)
     items = method.featurize(task.train)
     assert len({method.item_length(item) for item in items}) > 2  # lengths differ: the cut matters
+    passes = []  # the item lengths of each forward pass (training collates once per pass, and no dev here)
+    collate = method.collate
+
+    def recording_collate(part):
+        passes.append(sorted(method.item_length(item) for item in part))
+        return collate(part)
+
+    monkeypatch.setattr(method, "collate", recording_collate)
     config = TrainConfig(steps=3, batch_size=8, warmup_ratio=0.0, lr=0.05, seed=0)
     Trainer(config, progress=False, log=None).fit(method, items, task.targets(task.train))
-    return method.soft_prompt().detach().clone()
+    return method.soft_prompt().detach().clone(), passes
 
 
 def test_training_on_batches_cut_by_length_gives_the_weights_of_whole_batches(tiny_causal, task, monkeypatch):
-    whole = trained_prompt(tiny_causal, task, 10**9, monkeypatch)  # never cut
-    singles = trained_prompt(tiny_causal, task, 0, monkeypatch)  # every item its own forward pass
+    whole, whole_passes = trained_prompt(tiny_causal, task, 10**9, monkeypatch)  # never cut
+    singles, single_passes = trained_prompt(tiny_causal, task, 0, monkeypatch)  # one pass per length
+    assert [len(lengths) for lengths in whole_passes] == [8, 8, 8]  # 3 steps, each batch whole
+    assert all(len(set(lengths)) == 1 for lengths in single_passes)  # no padding left at no call cost
+    assert len(single_passes) > len(whole_passes)
     set_seed(0)
     assert not torch.equal(whole, prompt_tuning(tiny_causal, task).soft_prompt())  # training moved the prompt
     torch.testing.assert_close(singles, whole, rtol=1e-5, atol=1e-6)
