@@ -54,6 +54,27 @@ def test_gather_returns_every_process_value_in_rank_order_and_one_process_its_ow
     monkeypatch.setattr(accelerate.utils, "gather_object", Collective(from_rank_1=[0.25]))
     assert Processes(0, 2).mean(0.75) == pytest.approx(0.5)  # the step loss every process logs
 
+
+class Broadcast:
+    """accelerate's broadcast_object_list as a group of 2 runs it: the list each process passes comes
+    back holding what process `from_process` passed (`passed`: rank -> its list)."""
+
+    def __init__(self, passed):
+        self.passed = passed
+
+    def __call__(self, object_list: list, from_process: int = 0) -> list:
+        object_list[:] = self.passed[from_process]
+        return object_list
+
+
+def test_broadcast_gives_every_process_rank_0s_value(monkeypatch):
+    import accelerate.utils
+
+    error = "out/ exists and is not a pretune run folder"
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", Broadcast({0: [error], 1: [None]}))
+    assert Processes(1, 2).broadcast(None) == error  # rank 1 learns rank 0's refusal
+    assert Processes().broadcast("mine") == "mine"  # one process: its own value, no exchange
+
 class RankZeroOfTwo(Processes):
     """Rank 0 of a group of 2, in one process: `gather` returns its own value and the one rank 1 sends."""
 
