@@ -329,3 +329,25 @@ def test_divergence_names_the_step_and_the_cure_in_one_line(tiny_encoder, task):
         f"training diverged: the {what} became {value} at step {step}; try a lower --lr"
         for what in ("loss", "gradient norm") for value in ("nan", "inf") for step in (1, 2, 3)
     }
+
+
+class InfiniteSlope(Scripted):
+    """Training scores sqrt(weight) with the weight at 0: a finite loss (log 2) whose gradient is not."""
+
+    def forward(self, batch):
+        if batch.dev:
+            return super().forward(batch)
+        return torch.sqrt(self.weight).unsqueeze(0).expand(len(batch.index), 2)
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, None])
+def test_a_non_finite_gradient_under_a_finite_loss_stops_training_before_the_update(max_grad_norm):
+    from pretune.errors import UserError
+
+    task = scripted_task()
+    method = InfiniteSlope(task, script=[])
+    config = TrainConfig(steps=3, batch_size=4, lr=0.1, warmup_ratio=0.0, max_grad_norm=max_grad_norm)
+    with pytest.raises(UserError) as error:
+        Trainer(config, progress=False, log=None).fit(method, method.featurize(task.train), task.targets(task.train))
+    assert str(error.value) == "training diverged: the gradient norm became nan at step 1; try a lower --lr"
+    assert torch.equal(method.weight.detach(), torch.zeros(2))  # the step that met it was not applied
