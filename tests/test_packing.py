@@ -7,6 +7,7 @@ import torch
 
 from pretune.methods import build_method
 from pretune.training import packing
+from pretune.training.engine import Processes
 from pretune.training.packing import CALL_COST_TOKENS, cut_by_length, length_groups
 from pretune.training.trainer import TrainConfig, Trainer, set_seed
 from pretune.tuning import BodyTraining
@@ -88,9 +89,9 @@ def test_a_frozen_body_splits_exactly_and_a_training_body_or_active_dropout_does
     assert not method.splits_exactly()
 
 
-def trained_prompt(backbone, task, call_cost, monkeypatch):
+def trained_prompt(backbone, task, call_cost, monkeypatch, processes=None):
     """The soft prompt after 3 steps of batch 8, with batches cut at `call_cost`, and the lengths of
-    the items of each forward pass."""
+    the items of each forward pass (on `processes`: this process's place in a group, if given)."""
     monkeypatch.setattr(packing, "CALL_COST_TOKENS", call_cost)
     set_seed(0)
     method = prompt_tuning(backbone, task)
@@ -105,7 +106,9 @@ def trained_prompt(backbone, task, call_cost, monkeypatch):
 
     monkeypatch.setattr(method, "collate", recording_collate)
     config = TrainConfig(steps=3, batch_size=8, warmup_ratio=0.0, lr=0.05, seed=0)
-    Trainer(config, progress=False, log=None).fit(method, items, task.targets(task.train))
+    trainer = Trainer(config, progress=False, log=None)
+    trainer.processes = processes or trainer.processes
+    trainer.fit(method, items, task.targets(task.train))
     return method.soft_prompt().detach().clone(), passes
 
 
@@ -118,3 +121,11 @@ def test_training_on_batches_cut_by_length_gives_the_weights_of_whole_batches(ti
     set_seed(0)
     assert not torch.equal(whole, prompt_tuning(tiny_causal, task).soft_prompt())  # training moved the prompt
     torch.testing.assert_close(singles, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_a_process_of_a_group_runs_its_shard_of_each_batch_whole(tiny_causal, task, monkeypatch):
+    """Under DDP every backward pass is a gradient exchange: in a group of 2, rank 0 runs its 4 of each
+    batch of 8 as one forward pass, though at no call cost one process would cut them by length."""
+    _, passes = trained_prompt(tiny_causal, task, 0, monkeypatch, processes=Processes(rank=0, world_size=2))
+    assert [len(lengths) for lengths in passes] == [4, 4, 4]
+    assert any(len(set(lengths)) > 1 for lengths in passes)  # lengths that one process would have cut
