@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from pretune.errors import UserError
 from pretune.training.engine import Processes
 from pretune.training.trainer import TrainConfig, Trainer
 
@@ -17,6 +18,62 @@ def test_each_process_takes_every_nth_example_of_a_batch():
     assert shards == [[7, 5, 0], [3, 1]]
     assert Processes().shard(batch) == batch and Processes().is_main and not Processes().is_distributed
 
+
+
+def test_each_process_of_a_gpu_group_trains_on_its_own_gpu_and_never_on_the_cpu():
+    cuda = torch.device("cuda")
+    assert Processes(1, 2, 1, "nccl").device(cuda) == torch.device("cuda", 1)  # --device cuda: the local GPU
+    assert Processes(1, 2, 1, "nccl").device(torch.device("cuda", 0)) == torch.device("cuda", 0)  # named: kept
+    assert Processes().device(cuda) == cuda  # one process: the device as given
+    cpu = torch.device("cpu")
+    assert Processes(1, 2, 1, "gloo", cpu=True).device(cpu) == cpu  # a CPU group trains on CPUs
+    with pytest.raises(UserError, match="these processes formed a GPU group; set ACCELERATE_USE_CPU=1"):
+        Processes(0, 2, 0, "nccl").device(cpu)
+
+
+class Collective:
+    """accelerate's gather_object as a group of 2 runs it, seen from rank 0: every process passes a
+    list, and each gets the lists concatenated in rank order (here rank 1 passes `from_rank_1`)."""
+
+    def __init__(self, from_rank_1):
+        self.from_rank_1, self.calls = from_rank_1, 0
+
+    def __call__(self, mine: list) -> list:
+        self.calls += 1
+        return [*mine, *self.from_rank_1]
+
+
+def test_gather_returns_every_process_value_in_rank_order_and_one_process_its_own(monkeypatch):
+    import accelerate.utils
+
+    collective = Collective(from_rank_1=[{"accuracy": 0.25}])
+    monkeypatch.setattr(accelerate.utils, "gather_object", collective)
+    assert Processes(0, 2).gather({"accuracy": 0.75}) == [{"accuracy": 0.75}, {"accuracy": 0.25}]
+    assert Processes().gather({"accuracy": 0.75}) == [{"accuracy": 0.75}]
+    assert collective.calls == 1  # one process exchanges nothing
+    monkeypatch.setattr(accelerate.utils, "gather_object", Collective(from_rank_1=[0.25]))
+    assert Processes(0, 2).mean(0.75) == pytest.approx(0.5)  # the step loss every process logs
+
+
+class Broadcast:
+    """accelerate's broadcast_object_list as a group of 2 runs it: the list each process passes comes
+    back holding what process `from_process` passed (`passed`: rank -> its list)."""
+
+    def __init__(self, passed):
+        self.passed = passed
+
+    def __call__(self, object_list: list, from_process: int = 0) -> list:
+        object_list[:] = self.passed[from_process]
+        return object_list
+
+
+def test_broadcast_gives_every_process_rank_0s_value(monkeypatch):
+    import accelerate.utils
+
+    error = "out/ exists and is not a pretune run folder"
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", Broadcast({0: [error], 1: [None]}))
+    assert Processes(1, 2).broadcast(None) == error  # rank 1 learns rank 0's refusal
+    assert Processes().broadcast("mine") == "mine"  # one process: its own value, no exchange
 
 class RankZeroOfTwo(Processes):
     """Rank 0 of a group of 2, in one process: `gather` returns its own value and the one rank 1 sends."""

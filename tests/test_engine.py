@@ -15,8 +15,9 @@ from pretune.api import RunConfig, resume_run, train_run
 from pretune.cli import build_parser, main, run_config_from_args
 from pretune.errors import UserError
 from pretune.methods import HeadConfig, HeadMethod
+from pretune.training import engine
 from pretune.training.checkpoint import Checkpointer
-from pretune.training.engine import Engine
+from pretune.training.engine import Engine, Processes
 from pretune.training.schedule import learning_rate_schedule
 from pretune.training.trainer import TrainConfig, Trainer, set_seed
 from pretune.tuning import BodyTraining
@@ -122,6 +123,65 @@ def test_one_process_trains_the_method_itself(tiny_encoder, task):
     model, prepared = Engine(grad_accum=2).prepare(method, optimizer)
     assert model is method and prepared.optimizer is optimizer
 
+
+
+
+def test_a_stage_starts_at_a_step_boundary_with_no_gradient_left_from_the_last(tiny_encoder, task):
+    """accelerate's accumulation state is process-wide, and its optimizer zeroes gradients only at a step
+    boundary: a stage started mid-step would add the gradients the last stage left (a PET ensemble's
+    members share the body) to its first step, and exchange them at the wrong micro-batch."""
+    engine = Engine(grad_accum=2)
+    method = linear_head(tiny_encoder, task)
+    params = [p for p in method.parameters() if p.requires_grad]
+    model, optimizer = engine.prepare(method, torch.optim.AdamW(params))
+    with engine.micro_batch(model):  # the first micro-batch of 2: the stage ends mid-step
+        pass
+    assert not engine.accelerator.sync_gradients
+    for param in params:
+        param.grad = torch.ones_like(param)
+    engine.release(method)
+
+    model, optimizer = engine.prepare(method, torch.optim.AdamW(params))
+    optimizer.zero_grad(set_to_none=True)
+    assert all(param.grad is None for param in params)
+    synced = []
+    for _ in range(4):
+        with engine.micro_batch(model):
+            synced.append(engine.accelerator.sync_gradients)
+    assert synced == [False, True, False, True]  # gradients exchanged at each step's last micro-batch
+
+class RecordedAccelerator:
+    """accelerate's Accelerator as Engine builds it: records its arguments, forms no process state."""
+
+    arguments: dict = {}
+
+    def __init__(self, **arguments):
+        from accelerate.utils import DistributedType
+
+        RecordedAccelerator.arguments = arguments
+        self.distributed_type, self.is_fsdp2 = DistributedType.NO, False
+
+
+@pytest.mark.parametrize(
+    ("group", "cpu"),
+    [(Processes(), False), (Processes(0, 2, 0, "gloo", cpu=True), True), (Processes(0, 2, 0, "nccl"), False)],
+    ids=["one process", "CPU group", "GPU group"],
+)
+def test_accelerate_is_told_whether_the_processes_train_on_cpus(monkeypatch, group, cpu):
+    """One process leaves the device to accelerate (a GPU where there is one: forcing the CPU would
+    put accelerate's device, and its mixed-precision handling, on the CPU under a GPU run); a group
+    passes on the choice it was formed with."""
+    import accelerate
+
+    monkeypatch.setattr(accelerate, "Accelerator", RecordedAccelerator)
+    monkeypatch.setattr(engine, "processes", lambda: group)
+    Engine(grad_accum=3)
+    assert RecordedAccelerator.arguments["cpu"] is cpu
+    assert RecordedAccelerator.arguments["device_placement"] is False  # pretune places the model itself
+    assert RecordedAccelerator.arguments["gradient_accumulation_plugin"].num_steps == 3
+    # DDP must not wait for gradients of parameters a micro-batch did not reach (a path it did not take)
+    (ddp,) = RecordedAccelerator.arguments["kwargs_handlers"]
+    assert ddp.find_unused_parameters is True
 
 # ---------------------------------------------------------------- history.jsonl and trackers
 

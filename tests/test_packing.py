@@ -7,6 +7,7 @@ import torch
 
 from pretune.methods import build_method
 from pretune.training import packing
+from pretune.training.engine import Processes
 from pretune.training.packing import CALL_COST_TOKENS, cut_by_length, length_groups
 from pretune.training.trainer import TrainConfig, Trainer, set_seed
 from pretune.tuning import BodyTraining
@@ -44,6 +45,16 @@ def test_equal_lengths_and_a_high_call_cost_keep_the_batch_whole():
     assert length_groups([5, 90, 6, 88], call_cost=0) == [[0], [2], [3], [1]]
 
 
+
+def test_a_cut_that_saves_no_more_than_its_call_cost_is_not_made():
+    # [10, 42] whole: 2 * 42 + 32 = 116 tokens; cut: (10 + 32) + (42 + 32) = 116. A tie keeps the batch whole,
+    # one token more padding to save makes the cut pay.
+    assert length_groups([42, 10], call_cost=32) == [[1, 0]]
+    assert length_groups([43, 10], call_cost=32) == [[1], [0]]
+    # three groups where the lengths cluster, each in order of length: whole costs 6 * 90 + 32 = 572 tokens
+    assert length_groups([90, 10, 50, 12, 88, 52], call_cost=32) == [[1, 3], [2, 5], [4, 0]]
+    assert length_groups([]) == []
+
 class Scripted:
     """A method stand-in: items are their lengths; says whether it may be cut."""
 
@@ -78,21 +89,43 @@ def test_a_frozen_body_splits_exactly_and_a_training_body_or_active_dropout_does
     assert not method.splits_exactly()
 
 
-def trained_prompt(backbone, task, call_cost, monkeypatch):
-    """The soft prompt after 3 steps of batch 8, with batches cut at `call_cost`."""
+def trained_prompt(backbone, task, call_cost, monkeypatch, processes=None):
+    """The soft prompt after 3 steps of batch 8, with batches cut at `call_cost`, and the lengths of
+    the items of each forward pass (on `processes`: this process's place in a group, if given)."""
     monkeypatch.setattr(packing, "CALL_COST_TOKENS", call_cost)
     set_seed(0)
     method = prompt_tuning(backbone, task)
     items = method.featurize(task.train)
     assert len({method.item_length(item) for item in items}) > 2  # lengths differ: the cut matters
+    passes = []  # the item lengths of each forward pass (training collates once per pass, and no dev here)
+    collate = method.collate
+
+    def recording_collate(part):
+        passes.append(sorted(method.item_length(item) for item in part))
+        return collate(part)
+
+    monkeypatch.setattr(method, "collate", recording_collate)
     config = TrainConfig(steps=3, batch_size=8, warmup_ratio=0.0, lr=0.05, seed=0)
-    Trainer(config, progress=False, log=None).fit(method, items, task.targets(task.train))
-    return method.soft_prompt().detach().clone()
+    trainer = Trainer(config, progress=False, log=None)
+    trainer.processes = processes or trainer.processes
+    trainer.fit(method, items, task.targets(task.train))
+    return method.soft_prompt().detach().clone(), passes
 
 
 def test_training_on_batches_cut_by_length_gives_the_weights_of_whole_batches(tiny_causal, task, monkeypatch):
-    whole = trained_prompt(tiny_causal, task, 10**9, monkeypatch)  # never cut
-    singles = trained_prompt(tiny_causal, task, 0, monkeypatch)  # every item its own forward pass
+    whole, whole_passes = trained_prompt(tiny_causal, task, 10**9, monkeypatch)  # never cut
+    singles, single_passes = trained_prompt(tiny_causal, task, 0, monkeypatch)  # one pass per length
+    assert [len(lengths) for lengths in whole_passes] == [8, 8, 8]  # 3 steps, each batch whole
+    assert all(len(set(lengths)) == 1 for lengths in single_passes)  # no padding left at no call cost
+    assert len(single_passes) > len(whole_passes)
     set_seed(0)
     assert not torch.equal(whole, prompt_tuning(tiny_causal, task).soft_prompt())  # training moved the prompt
     torch.testing.assert_close(singles, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_a_process_of_a_group_runs_its_shard_of_each_batch_whole(tiny_causal, task, monkeypatch):
+    """Under DDP every backward pass is a gradient exchange: in a group of 2, rank 0 runs its 4 of each
+    batch of 8 as one forward pass, though at no call cost one process would cut them by length."""
+    _, passes = trained_prompt(tiny_causal, task, 0, monkeypatch, processes=Processes(rank=0, world_size=2))
+    assert [len(lengths) for lengths in passes] == [4, 4, 4]
+    assert any(len(set(lengths)) > 1 for lengths in passes)  # lengths that one process would have cut

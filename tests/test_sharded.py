@@ -20,7 +20,7 @@ from pretune.cli import main
 from pretune.errors import UserError
 from pretune.sharding import shard_unit_classes
 from pretune.training.checkpoint import checkpoint_step
-from pretune.training.engine import Engine
+from pretune.training.engine import Engine, check_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDP_CONFIG = ROOT / "examples" / "accelerate" / "fsdp.yaml"
@@ -121,8 +121,26 @@ class FSDP1Accelerator:
 def test_fsdp_version_1_is_refused(monkeypatch):
     """FSDP1 wraps the method and flattens its parameters, which the engine does not gather: refused."""
     monkeypatch.setattr(accelerate, "Accelerator", FSDP1Accelerator)
-    with pytest.raises(UserError, match="^FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config"):
+    with pytest.raises(UserError) as refused:
         Engine(grad_accum=1)
+    assert str(refused.value) == ("FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config"
+                                  " (examples/accelerate/fsdp.yaml)")
+
+
+@pytest.mark.parametrize("value", ["1", "true", "True"])
+def test_each_spelling_accelerate_uses_for_a_deepspeed_launch_is_refused(monkeypatch, value):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", value)
+    with pytest.raises(UserError, match="^DeepSpeed is not supported"):
+        check_launch()
+
+
+@pytest.mark.parametrize("value", [None, "false", "0"])
+def test_a_launch_without_deepspeed_passes(monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", value)
+    assert check_launch() is None
 
 
 def test_a_deepspeed_launch_is_refused_before_any_model_loads(tmp_path, task_folder, monkeypatch, capsys):

@@ -59,6 +59,7 @@ def test_soft_targets_and_regression_losses(task):
     ({"body_lr": 0.0}, "--body-lr must be positive, got 0.0"),
     ({"weight_decay": -0.1}, "--weight-decay must be 0 or more, got -0.1"),
     ({"checkpoint_every": -1}, "--checkpoint-every must be 0 (at the end only) or more, got -1"),
+    ({"lr_scheduler": "step"}, "--lr-scheduler 'step': choose one of linear, cosine, constant"),
 ])
 def test_bad_training_options_are_refused_naming_the_option_and_its_value(bad, message):
     with pytest.raises(UserError) as refused:
@@ -68,7 +69,7 @@ def test_bad_training_options_are_refused_naming_the_option_and_its_value(bad, m
 
 @pytest.mark.parametrize("edge", [
     {"batch_size": 1, "eval_batch_size": 1, "grad_accum": 1}, {"steps": 1}, {"weight_decay": 0.0},
-    {"checkpoint_every": 0}, {"lr": 1e-9, "body_lr": 1e-9},
+    {"checkpoint_every": 0}, {"lr": 1e-9, "body_lr": 1e-9}, {"epochs": 0.5},
 ])
 def test_the_smallest_allowed_training_options_are_accepted(edge):
     TrainConfig(**edge).validate()  # raises UserError if refused

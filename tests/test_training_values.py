@@ -23,7 +23,8 @@ from pretune.batches import Batch
 from pretune.data import Task
 from pretune.methods import HeadConfig, HeadMethod
 from pretune.methods.base import Method, MethodConfig, Rates
-from pretune.training.trainer import TrainConfig, Trainer, set_seed
+from pretune.training.engine import Processes
+from pretune.training.trainer import BatchOrder, TrainConfig, Trainer, set_seed
 from pretune.tuning import BodyTraining
 
 ADAM_EPS = 1e-8  # torch's AdamW default, which the trainer keeps
@@ -329,3 +330,79 @@ def test_divergence_names_the_step_and_the_cure_in_one_line(tiny_encoder, task):
         f"training diverged: the {what} became {value} at step {step}; try a lower --lr"
         for what in ("loss", "gradient norm") for value in ("nan", "inf") for step in (1, 2, 3)
     }
+
+
+class InfiniteSlope(Scripted):
+    """Training scores sqrt(weight) with the weight at 0: a finite loss (log 2) whose gradient is not."""
+
+    def forward(self, batch):
+        if batch.dev:
+            return super().forward(batch)
+        return torch.sqrt(self.weight).unsqueeze(0).expand(len(batch.index), 2)
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, None])
+def test_a_non_finite_gradient_under_a_finite_loss_stops_training_before_the_update(max_grad_norm):
+    from pretune.errors import UserError
+
+    task = scripted_task()
+    method = InfiniteSlope(task, script=[])
+    config = TrainConfig(steps=3, batch_size=4, lr=0.1, warmup_ratio=0.0, max_grad_norm=max_grad_norm)
+    with pytest.raises(UserError) as error:
+        Trainer(config, progress=False, log=None).fit(method, method.featurize(task.train), task.targets(task.train))
+    assert str(error.value) == "training diverged: the gradient norm became nan at step 1; try a lower --lr"
+    assert torch.equal(method.weight.detach(), torch.zeros(2))  # the step that met it was not applied
+
+
+# ---------------------------------------------------------------- one process's part of a group's step
+
+
+class RankOfTwo(Processes):
+    """This process as rank `rank` of a group of 2, run alone: the other rank reports the same loss."""
+
+    def __init__(self, rank: int):
+        super().__init__(rank=rank, world_size=2)
+
+    def gather(self, value) -> list:
+        return [value, value]
+
+
+def grads_on_rank(method, task, rank: int, batch_size: int, recorded) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's weight and bias gradients one step of `batch_size` gives this rank of 2."""
+    items = method.featurize(task.train, progress=False)
+    trainer = Trainer(TrainConfig(steps=1, batch_size=batch_size, warmup_ratio=0.0, max_grad_norm=None, lr=0.1),
+                      progress=False, log=None)
+    trainer.processes = RankOfTwo(rank)
+    trainer.fit(method, items, task.targets(task.train))
+    return grad_of(recorded[-1], method.head[-1].weight), grad_of(recorded[-1], method.head[-1].bias)
+
+
+def test_each_process_trains_on_its_shard_weighted_so_that_their_average_is_the_batch_mean(tiny_encoder, task, recorded):
+    """A batch of 3 over 2 processes: rank 0 takes examples 0 and 2 of it, rank 1 example 1; each
+    process's gradient is its shard's mean times its share of the batch times 2, so the average DDP
+    takes is the gradient of the whole batch's mean loss."""
+    items = linear_head(tiny_encoder, task).featurize(task.train, progress=False)
+    targets = task.targets(task.train)
+    batch = BatchOrder(len(items), 3, TrainConfig().seed).next()
+    print("the batch of 3:", batch)
+
+    def mean_grads(indices):
+        _, weight, bias = full_batch_loss_and_grads(linear_head(tiny_encoder, task), [items[i] for i in indices],
+                                                    [targets[i] for i in indices])
+        return weight, bias
+
+    rank_0 = grads_on_rank(linear_head(tiny_encoder, task), task, 0, 3, recorded)
+    rank_1 = grads_on_rank(linear_head(tiny_encoder, task), task, 1, 3, recorded)
+    for mine, share, got in ((batch[0::2], 2 / 3, rank_0), (batch[1::2], 1 / 3, rank_1)):
+        for expected, actual in zip(mean_grads(mine), got):
+            torch.testing.assert_close(actual, 2 * share * expected, rtol=1e-5, atol=1e-7)
+    for whole, part_0, part_1 in zip(mean_grads(batch), rank_0, rank_1):
+        torch.testing.assert_close((part_0 + part_1) / 2, whole, rtol=1e-5, atol=1e-7)
+
+
+def test_a_process_the_batch_leaves_without_an_example_adds_a_zero_gradient(tiny_encoder, task, recorded):
+    """A batch of 1 over 2 processes: rank 1 has no example, yet takes part in the exchange (DDP waits
+    for every process) with one example at weight 0."""
+    weight, bias = grads_on_rank(linear_head(tiny_encoder, task), task, 1, 1, recorded)
+    assert torch.count_nonzero(weight) == 0 and torch.count_nonzero(bias) == 0
+    assert weight.shape == linear_head(tiny_encoder, task).head[-1].weight.shape  # a gradient was computed
