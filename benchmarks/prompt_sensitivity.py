@@ -169,7 +169,10 @@ def write_report(args, cells: list[dict], out: Path) -> None:
         f"Machine: {info['model']} (amx_bf16 {info['amx_bf16']}, avx512_bf16 {info['avx512_bf16']}), {os.cpu_count()} cores, "
         f"torch {torch.__version__}, 1 torch thread per shard; load average at the cells' starts "
         f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f}.", "",
-        f"Cells finished: {len(cells)} of {expected}.", "",
+        f"Cells finished: {len(cells)} of {expected}."
+        + (" **Partial**: the run continues where it stopped (same command); until every seed is in, a pattern's "
+           "mean may rest on other splits than its neighbours' (the count of seeds is beside each figure below), "
+           "so spreads and ranks are provisional." if len(cells) < expected else ""), "",
         "| task / method | seeds | patterns | mean | median | worst | best | spread | std | auto | auto beats |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

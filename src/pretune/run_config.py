@@ -19,8 +19,8 @@ from .methods.autoprompt import searched, wants_search
 from .precision import Precision, check_dtype, resolve_precision
 from .sources import in_memory, kind_of, load_any_task
 from .training import recipes
-from .training.recipes import PatternEnsemble
 from .training.engine import check_launch
+from .training.recipes import PatternEnsemble
 from .training.trainer import TrainConfig, resolve_device, set_seed
 from .tuning import BodyTraining
 from .validation import check_fields, check_numbers

@@ -179,16 +179,14 @@ class Engine:
         """Backward of `loss / grad_accum` (the step's mean over its micro-batches)."""
         self.accelerator.backward(loss)
 
-    def clip(self, params: list[torch.nn.Parameter], max_norm: float) -> float | None:
-        """Clip the gradients' global norm (sharded gradients included); the norm before clipping,
-        None where the engine (DeepSpeed) clips inside its own step."""
+    def clip(self, params: list[torch.nn.Parameter], max_norm: float) -> float:
+        """Clip the gradients' global norm (sharded gradients included); the norm before clipping."""
         if self.sharded:
             # torch clips sharded gradients itself (one mesh: all of a stage's units share it); accelerate's
             # FSDP2 branch compares `params` with the model's parameters element by element, which fails
             # for DTensors in another order (the optimizer's roles) and skips a frozen body's.
             return float(torch.nn.utils.clip_grad_norm_(params, max_norm).full_tensor())
-        norm = self.accelerator.clip_grad_norm_(params, max_norm)
-        return None if norm is None else float(norm)
+        return float(self.accelerator.clip_grad_norm_(params, max_norm))
 
     # -- whole weights and optimizer state, sharded or not (a collective when sharded) --------------
     @property
@@ -222,4 +220,3 @@ class Engine:
         # One process wraps nothing: dropping the references is enough. free_memory() would also run a
         # full garbage collection, about half a second per stage with transformers loaded.
         accelerator._models, accelerator._optimizers, accelerator._schedulers, accelerator._dataloaders = [], [], [], []
-        accelerator.step = 0

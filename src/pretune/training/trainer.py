@@ -286,7 +286,7 @@ class Trainer:
         if not math.isfinite(step_loss):
             raise self._diverged("loss", step_loss, loop.step + 1)
         norm = self.engine.clip(params, config.max_grad_norm or math.inf)
-        if norm is not None and not math.isfinite(norm):  # checked before the update: the weights stay those of the last good step
+        if not math.isfinite(norm):  # checked before the update: the weights stay those of the last good step
             raise self._diverged("gradient norm", norm, loop.step + 1)
         optimizer.step()
         return step_loss
