@@ -13,7 +13,7 @@ import torch
 from conftest import POSITIVE, sentiment_task
 from pretune.api import RunConfig, build_method, evaluate_untrained, prepare_task
 from pretune.cloze.channel import ChannelLM
-from pretune.data import Example
+from pretune.data import Example, data_root
 from pretune.methods import build_methods, make_config
 from pretune.training.recipes import tuned
 from pretune.training.trainer import TrainConfig, Trainer
@@ -245,6 +245,8 @@ def test_channel_on_a_masked_lm_is_refused_in_one_whole_line(tmp_path, tiny_mlm,
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(data_root() is None, reason="the benchmark data (../shared/data) is not on this machine: "
+                    "the test reads SST-2 from it")
 def test_zero_shot_channel_on_smollm2_is_the_hand_computation(smollm2):
     config = RunConfig(task="sst-2", model="smollm2-135m", method="pet", test_sample=6, dtype="float32",
                        method_options={"patterns": [PATTERN], "verbalizer": MULTI_TOKEN, "scoring": "channel"})
