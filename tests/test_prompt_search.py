@@ -3,9 +3,11 @@
 import json
 
 import pytest
+import torch
 
 from conftest import NEGATIVE, POSITIVE
 from pretune.cli import main
+from pretune.cloze import search
 from pretune.cloze.candidates import find_label_words, holds_text, pattern_candidates, whole_words
 from pretune.cloze.pattern import Pattern
 from pretune.cloze.search import search_prompt
@@ -164,6 +166,41 @@ def test_eval_with_pattern_auto_reports_the_choice(reviews_folder, capsys):
     assert code == 0, err
     metrics = json.loads(stdout)
     assert metrics["prompt"]["patterns"] and "log-loss" in metrics["prompt"]["why"]
+
+
+@pytest.mark.parametrize("dtype, body_format", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_the_search_reads_the_body_in_the_runs_format(dtype, body_format, reviews_folder, monkeypatch, capsys):
+    formats = []
+    log_probs = search._log_probs
+
+    def recording(scorer, hidden, batch):
+        # the body has just run in this context (its output may be float32: norms compute in float32)
+        formats.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return log_probs(scorer, hidden, batch)
+
+    monkeypatch.setattr(search, "_log_probs", recording)
+    code, _, err = run_cli(capsys, "eval", "--task", reviews_folder, "--model", "bert-tiny", "--method", "pet",
+                           "--pattern", "auto", "--dtype", dtype, "--quiet")
+    assert code == 0, err
+    assert formats and set(formats) == {body_format}
+
+
+def test_a_search_in_bfloat16_reads_words_and_vocabulary_in_float32(tiny_causal, monkeypatch):
+    gaps, log_probs = [], search._log_probs
+
+    def compared(scorer, hidden, batch):
+        scores = log_probs(scorer, hidden, batch)
+        with torch.autocast("cpu", enabled=False):
+            in_float32 = log_probs(scorer, hidden.float(), batch)
+        gaps.extend(float((a - b).abs().max()) for a, b in zip(scores, in_float32))
+        return scores
+
+    monkeypatch.setattr(search, "_log_probs", compared)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        search_prompt(tiny_causal, reviews_task(), words="good=great,wonderful bad=terrible", progress=False)
+    # from the body's output on (a causal LM's output layer reads it as it is), every log-probability is
+    # computed in float32: multi-token words' normalisers and the vocabulary's log Z included
+    assert gaps and max(gaps) < 1e-5
 
 
 def test_verbalizer_auto_keeps_the_users_patterns(reviews_folder, capsys):

@@ -148,7 +148,11 @@ def search_prompt(config: RunConfig, task: Task, method_config, backbone: Backbo
     backbone = backbone or load_backbone(config.model)
     method_spec(config.method).check_backbone(backbone)
     calibrate_given = "calibrate" in config.method_options
-    chosen, result = searched(method_config, task, backbone, calibrate_given, progress)
+    # The search reads the body as the run will: in the run's format (bfloat16 where the hardware
+    # computes it natively: about 3 times faster on such a CPU), its label scores in float32.
+    device_type = next(backbone.model.parameters()).device.type
+    with config.precision().autocast(device_type):
+        chosen, result = searched(method_config, task, backbone, calibrate_given, progress)
     options = {**config.method_options, "patterns": chosen.patterns, "verbalizer": chosen.verbalizer,
                "calibrate": chosen.calibrate}
     return replace(config, method_options=options), backbone, result

@@ -20,6 +20,7 @@ import torch
 
 from ..backbones import Backbone
 from ..errors import UserError
+from ..precision import exact
 from .lm import ClozeBatch, language_model
 
 
@@ -57,7 +58,14 @@ class LabelWordScorer:
     def vocabulary_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [N, V] over the whole vocabulary from hidden states [N, H] read at the answer's
         position: the open-vocabulary readout of knowledge probing, where every token is a label."""
-        return self._softcapped(self.output(self._transform(hidden)))
+        return self._full_output(self._transform(hidden))
+
+    def _full_output(self, picked: torch.Tensor) -> torch.Tensor:
+        """The output layer over the whole vocabulary, in float32 even where the body computes in
+        bfloat16: its logits feed softmaxes over tens of thousands of entries, where bfloat16's three
+        significant digits would move a log-probability by a tenth."""
+        with exact(picked.device.type):
+            return self._softcapped(self.output(picked.float()).float())
 
     def _log_normalisers(self, picked: torch.Tensor, batch: ClozeBatch) -> torch.Tensor:
         """log Z over the full vocabulary, computed once per distinct (row, position) that needs it."""
@@ -66,7 +74,7 @@ class LabelWordScorer:
         unique, inverse = torch.unique(key[normalize], return_inverse=True)
         first = torch.zeros(len(unique), dtype=torch.long, device=key.device)
         first.scatter_(0, inverse, torch.nonzero(normalize).squeeze(1))
-        log_z = self._softcapped(self.output(picked[first]).float()).logsumexp(dim=-1)
+        log_z = self._full_output(picked[first]).logsumexp(dim=-1)
         out = torch.zeros_like(normalize, dtype=log_z.dtype)
         out[normalize] = log_z[inverse]
         return out

@@ -190,8 +190,8 @@ def _score_pattern(scorer, lm, backbone, pattern, origin, word_texts, inputs, ma
         batch = lm.label_word_batch(rendered[start : start + BATCH], words).to(device)
         hidden = backbone.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                **lm.body_arguments).last_hidden_state
-        exact, all_words = _log_probs(scorer, lm, backbone.model, hidden, batch)
-        fixed.append(exact[:, 1:].float().cpu())
+        word_log_probs, all_words = _log_probs(scorer, hidden, batch)
+        fixed.append(word_log_probs[:, 1:].float().cpu())
         whole.append(all_words[:, whole_ids.to(device)].float().cpu())
         bar.update(1)
     fixed = torch.cat(fixed)
@@ -210,7 +210,7 @@ def _fixed_label_words(texts, renderer, pattern, tokenizer, anchor: int) -> tupl
     return LabelWords(("{anchor}", *texts), tuple(ids), tuple(range(len(ids))), len(ids)), missing
 
 
-def _log_probs(scorer, lm, model, hidden, batch) -> tuple[torch.Tensor, torch.Tensor]:
+def _log_probs(scorer, hidden, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact log-probabilities [B, W] of the batch's words and [B, V] of every vocabulary entry at the answer.
 
     The scorer skips the normaliser log Z wherever it is the same for every word (see `scoring`);
@@ -218,15 +218,11 @@ def _log_probs(scorer, lm, model, hidden, batch) -> tuple[torch.Tensor, torch.Te
     vocabulary there, which the word search needs anyway) makes every word's score exact."""
     words = scorer.word_scores_from_hidden(hidden, batch)  # [B, W]
     anchor = batch.target_slot % batch.num_words == 0
-    picked = lm.output_transform(model)(hidden[batch.target_row[anchor], batch.target_position[anchor]])
-    logits = scorer.output(picked).float()
-    if scorer.softcap:
-        logits = torch.tanh(logits / scorer.softcap) * scorer.softcap
+    logits = scorer.vocabulary_logits(hidden[batch.target_row[anchor], batch.target_position[anchor]])
     log_z = logits.logsumexp(dim=-1)
     skipped = torch.zeros(batch.num_examples * batch.num_words, device=hidden.device)
     skipped = skipped.index_add(0, batch.target_slot, (~batch.target_normalize).float()).view(batch.num_examples, -1)
-    exact = words.float() - skipped * log_z.unsqueeze(1)
-    return exact, logits - log_z.unsqueeze(1)
+    return words.float() - skipped * log_z.unsqueeze(1), logits - log_z.unsqueeze(1)
 
 
 # ---------------------------------------------------------------- the criterion
