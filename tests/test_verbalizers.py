@@ -50,10 +50,16 @@ def test_parse_errors_are_one_line(spec, message):
 def test_labels_are_checked_against_the_task_and_put_in_its_order():
     words = Verbalizer.parse("positive=great negative=bad")
     assert list(words.for_labels(["negative", "positive"]).words) == ["negative", "positive"]
-    with pytest.raises(UserError, match="unknown label 'positive'"):
+    with pytest.raises(UserError, match=r"^verbalizer: unknown label 'positive' \(the task's labels: negative, neutral\)$"):
         words.for_labels(["negative", "neutral"])
-    with pytest.raises(UserError, match="no words for label 'neutral'"):
+    with pytest.raises(UserError, match=r"^verbalizer: no words for label 'neutral' \(add neutral=word\)$"):
         words.for_labels(["negative", "positive", "neutral"])
+
+
+@pytest.mark.parametrize("source, where", [("good=great,", "verbalizer 'good=great,'"), (None, "verbalizer")])
+def test_an_empty_word_is_named_with_the_verbalizer_it_came_from(source, where):
+    with pytest.raises(UserError, match=f"^{where}: label 'good' has an empty word$"):
+        Verbalizer.from_mapping({"good": ["great", " "]}, source=source)
 
 
 def test_label_names_as_words():
