@@ -20,6 +20,13 @@ Arms (smollm2-135m unless named; 200-example fixed test sample, the LM-BFF split
   too): what the order alone does, so that channel's difference is the scoring's;
 - any arm + `-cal`: with contextual calibration (`--calibrate`: label probabilities divided by those of
   a content-free input), against the label bias a context of demonstrations can bring;
+- ipet: iPET (`--generations 2`, `--generation-growth 5`, Schick & Schütze 2021) on the first two
+  built-in causal patterns (each with its own words), whole body, 40 steps per model like pet: generation
+  2 trains each pattern on the 32 labelled sentences plus 128 (64 a label) the other pattern's model
+  labelled most confidently, then the ensemble is distilled (40 steps) into one model. The unlabelled
+  pool is small: a fixed sample (seed 0) of 200 texts of the task's full training set
+  (../shared/data/full/<task>/train.jsonl), the split's own train and dev texts left out; never the
+  test set. About 5 times pet's training (4 models + distillation);
 - setfit-mpnet: the SetFit anchor (setfit 1.2.0 defaults on all-mpnet-base-v2);
 - ensembles (report only): the mean of two arms' test probabilities, e.g. setfit-mpnet + pet.
 """
@@ -43,6 +50,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE = RESULTS / "levers.json"
 TEST_SAMPLE = 200
+POOL_SAMPLE = 200  # unlabelled texts of the ipet arm
 MODEL = "smollm2-135m"
 # The built-in causal prompt with the label word before the text, for the channel arms (no built-in one exists).
 CHANNEL_PROMPTS = {
@@ -107,11 +115,43 @@ def run_config(task: str, seed: int, arm: str):
         method, options = "ptuning", {"encoder": "none", "prompt_length": 4}
     if arm.startswith("pet"):
         steps = 40
+    if arm == "ipet":
+        steps, options = 40, ipet_options(task, seed)
     if calibrate:
         options["calibrate"] = True
     training = TrainConfig(steps=steps, batch_size=8, seed=seed, checkpoint_every=0)
     return RunConfig(task=task, model=MODEL, method=method, method_options=options, split_seed=seed,
                      test_sample=TEST_SAMPLE, dtype="bfloat16", training=training)
+
+
+def ipet_options(task_name: str, seed: int) -> dict:
+    """The ipet arm's method options: two built-in patterns, two generations, distillation, the pool file."""
+    from pretune.cloze.prompt import built_in_prompts
+
+    patterns = [prompt.pattern.source for prompt in built_in_prompts(task_name, "causal")[:2]]
+    return {"patterns": patterns, "generations": 2, "generation_growth": 5, "distil": True,
+            "unlabelled": str(unlabelled_pool(task_name, seed))}
+
+
+def unlabelled_pool(task_name: str, seed: int) -> Path:
+    """A file of POOL_SAMPLE texts drawn (seed 0) from the task's full training set, without the texts of
+    split 16-<seed>: the same pool for every call of a task and seed."""
+    from pretune.data import data_root, read_examples
+    from pretune.run_config import RunConfig, prepare_task
+
+    full = (data_root() or Path("../shared/data")) / "full" / task_name / "train.jsonl"
+    if not full.is_file():
+        raise SystemExit(f"levers.py: no unlabelled texts for task '{task_name}' ({full} not found)")
+    split = prepare_task(RunConfig(task=task_name, split_seed=seed))
+    labelled = {e.text for e in split.train + split.dev}
+    texts = sorted({e.text for e in read_examples(full, require_label=False)} - labelled)
+    pool = random.Random(0).sample(texts, POOL_SAMPLE)
+    path = Path(tempfile.gettempdir()) / "pretune-levers" / f"{task_name}-{seed}-pool.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text("".join(json.dumps({"text": text}) + "\n" for text in pool))
+    os.replace(partial, path)  # two calls may write it at once: each write is whole
+    return path
 
 
 def run_arm(task: str, seed: int, arm: str) -> dict:
@@ -209,7 +249,7 @@ def report(store: dict) -> str:
         task, seed, arm = key.split("/")
         cells.setdefault((task, int(seed)), {})[arm] = record
     arms = ["zero-shot", "zero-shot-cal", "zero-shot-demos", "zero-shot-demos-cal", "zero-shot-reversed",
-            "zero-shot-channel", "prompt-tuning", "pet", "pet-demos", "pet-reversed", "pet-channel", "setfit-mpnet"]
+            "zero-shot-channel", "prompt-tuning", "pet", "pet-demos", "pet-reversed", "pet-channel", "ipet", "setfit-mpnet"]
     lines = ["# Levers on small samples (issue 16, step 6)", "",
              f"smollm2-135m unless named; LM-BFF split 16-<seed>; test: a fixed random sample of {TEST_SAMPLE} "
              "examples (seed 0) of the task's test set, the same for every arm; accuracy ×100. Made by "

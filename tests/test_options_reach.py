@@ -48,6 +48,8 @@ OPTIONS = [
     (["--ensemble-weighting", "uniform"], "method_options.ensemble_weighting", "uniform"),
     (["--distil"], "method_options.distil", True),
     (["--distil-temperature", "3.5"], "method_options.distil_temperature", 3.5),
+    (["--generations", "3"], "method_options.generations", 3),
+    (["--generation-growth", "2"], "method_options.generation_growth", 2),
     (["--encoder", "mlp"], "method_options.encoder", "mlp"),
     (["--prompt-length", "5"], "method_options.prompt_length", 5),
     (["--reparam"], "method_options.reparam", True),

@@ -200,7 +200,7 @@ def _evaluate_splits(method: Tuned, task: Task, config: RunConfig, progress: boo
 
 
 def _train_summary(result) -> dict:
-    return {
+    summary = {
         "steps": result.steps,
         "best_step": result.best_step,
         "best_dev": result.best_dev,
@@ -209,6 +209,9 @@ def _train_summary(result) -> dict:
         "stopped_early": result.stopped_early,
         "history": result.history,
     }
+    if result.generations:  # iPET's, per generation (training.ipet)
+        summary["generations"] = result.generations
+    return summary
 
 
 def _sizes(method: Tuned) -> dict:

@@ -56,6 +56,11 @@ METHOD_OPTIONS = [
     MethodOption("--distil", "distil", bool, "pet: distil the pattern ensemble into one model on the --unlabelled texts"),
     MethodOption("--distil-temperature", "distil_temperature", float, "pet: softens the ensemble's soft labels",
                  default=2.0),
+    MethodOption("--generations", "generations", int, "pet: iPET, generations of the pattern ensemble, each member "
+                 "trained again on the labelled set plus --unlabelled texts the other patterns' models labelled "
+                 "(1: PET's ensemble)", default=1),
+    MethodOption("--generation-growth", "generation_growth", int, "pet with --generations: each generation's training "
+                 "set is this many times the one before's", default=5),
     MethodOption("--encoder", "encoder", str, "ptuning: prompt encoder of the soft tokens (none: the embeddings train)",
                  ("lstm", "mlp", "none"), "lstm"),
     MethodOption("--prompt-length", "prompt_length", int, "ptuning, prompt-tuning: soft tokens put in front of the "

@@ -84,13 +84,15 @@ class ClozeConfig(MethodConfig):
     encoder: str = "lstm"  # soft input: lstm | mlp | none, what produces the soft tokens while training
     prompt_length: int | None = None  # soft: tokens prepended to the pattern; prefix: vectors at every layer
     reparam: bool = False  # prefix: train it through an MLP (Li & Liang 2021), materialised after training
-    # recipes (pattern ensembles, distillation, auxiliary LM loss; see training.recipes)
+    # recipes (pattern ensembles, distillation, auxiliary LM loss; see training.recipes; iPET: training.ipet)
     unlabelled: str | None = None  # a data file whose texts serve the auxiliary loss and distillation
     aux_lm_weight: float = 0.0  # weight of the auxiliary LM loss (PET used 1e-4); 0: off
     aux_batch_size: int = 4
     ensemble_weighting: str = "dev"  # members' weights: uniform, or their accuracy on dev before training (PET)
     distil: bool = False  # distil the trained ensemble into one model on the unlabelled examples
     distil_temperature: float = 2.0  # softens the ensemble's distributions used as soft labels (PET: 2)
+    generations: int = 1  # iPET: generations of the ensemble, each on the one before's pseudo-labels; 1: PET
+    generation_growth: int = 5  # iPET: each generation's training set is this many times the one before's (paper: 5)
 
     def __post_init__(self):
         if isinstance(self.patterns, str):
@@ -133,6 +135,13 @@ class ClozeConfig(MethodConfig):
              "--aux-lm-weight must be >= 0, --aux-batch-size >= 1 and --distil-temperature > 0"),
             (not self.distil or len(self.patterns) >= 2, "--distil needs an ensemble to distil: give --pattern several times"),
             (not self.distil or self.unlabelled, "--distil needs unlabelled examples: give --unlabelled FILE"),
+            (self.generations >= 1, f"--generations must be at least 1, got {self.generations}"),
+            (self.generations == 1 or len(self.patterns) >= 2,
+             f"--generations {self.generations} trains each pattern on the other patterns' pseudo-labels: "
+             "give --pattern at least twice"),
+            (self.generations == 1 or self.unlabelled,
+             f"--generations {self.generations} pseudo-labels unlabelled texts: give --unlabelled FILE"),
+            (self.generation_growth >= 2, f"--generation-growth must be at least 2, got {self.generation_growth}"),
             (self.readout in READOUTS, f"unknown --readout '{self.readout}' (choose one of {', '.join(READOUTS)})"),
             (self.head in HEADS, f"unknown --head '{self.head}' (choose linear or mlp)"),
             (self.encoder in ENCODERS, f"unknown --encoder '{self.encoder}' (choose one of {', '.join(ENCODERS)})"),

@@ -27,7 +27,8 @@ from .cloze import ClozeConfig, ClozeMethod, run_prompts
 from .head import HeadConfig, HeadMethod
 
 PROMPT = ("patterns", "verbalizer", "aggregate", "scoring", "calibrate", "max_length")
-RECIPES = ("unlabelled", "aux_lm_weight", "aux_batch_size", "ensemble_weighting", "distil", "distil_temperature")
+RECIPES = ("unlabelled", "aux_lm_weight", "aux_batch_size", "ensemble_weighting", "distil", "distil_temperature",
+           "generations", "generation_growth")
 TRAINED_PROMPT = (*PROMPT, "readout", "head", "prompt_length")
 
 

@@ -66,3 +66,4 @@ class TrainResult:
     train_seconds: float = 0.0
     examples_per_second: float = 0.0
     stopped_early: bool = False
+    generations: list[dict] = field(default_factory=list)  # iPET: what each generation trained on (`ipet`)

@@ -3,7 +3,8 @@
 - one method: one stage of the trainer, with PET's auxiliary language-modelling loss if asked;
 - a pattern ensemble (PET): one model per pattern, every member from the same pretrained start and
   trained on its own pattern (stage i), their label distributions averaged; optionally distilled
-  into one model on unlabelled examples (the last stage).
+  into one model on unlabelled examples (the last stage);
+- iPET (`ipet`): the ensemble trained in generations, each on pseudo-labels of the one before.
 
 A recipe owns what it trains: the ensemble holds its members' trained weights and mixing weights;
 a member is a plain cloze method with one prompt (the members share the body, whose trained state
@@ -33,8 +34,15 @@ MEMBERS, WEIGHTS, DISTILLED = "members.", "ensemble.weights", "distilled."
 
 
 def tuned(methods: list[Method]):
-    """What a run trains and predicts with: the method, or the ensemble of its members."""
-    return methods[0] if len(methods) == 1 else PatternEnsemble(methods)
+    """What a run trains and predicts with: the method, or the ensemble of its members (iPET's, trained
+    in generations, with `--generations` above 1)."""
+    if len(methods) == 1:
+        return methods[0]
+    if methods[0].config.generations > 1:
+        from .ipet import IteratedEnsemble  # here: ipet builds on this module's ensemble
+
+        return IteratedEnsemble(methods)
+    return PatternEnsemble(methods)
 
 
 def fit(model, trainer: Trainer, train_items, train_targets, dev_items=None, dev_targets=None) -> TrainResult:
@@ -114,13 +122,20 @@ class PatternEnsemble:
         return self.distributions(items, batch_size).clamp_min(1e-12).log()
 
     def distributions(self, items: list[list], batch_size: int, temperature: float = 1.0) -> torch.Tensor:
-        """The ensemble's label distributions [N, C], member by member (one weight swap each)."""
+        """The ensemble's label distributions [N, C]: its members' weighted mixture."""
         mixture = 0.0
+        for weight, distribution in zip(self.weights, self.member_distributions(items, batch_size, temperature)):
+            mixture = mixture + weight * distribution
+        return mixture
+
+    def member_distributions(self, items: list[list], batch_size: int, temperature: float = 1.0) -> list[torch.Tensor]:
+        """Each member's label distributions [N, C], member by member (one weight swap each)."""
+        distributions = []
         for index, member_items in enumerate(items):
             self._load(index)
             scores = self.members[index].score_items(member_items, batch_size)
-            mixture = mixture + self.weights[index] * (scores / temperature).softmax(dim=-1)
-        return mixture
+            distributions.append((scores / temperature).softmax(dim=-1))
+        return distributions
 
     def _load(self, index: int) -> None:
         if self.states and self.loaded != index:
@@ -134,20 +149,32 @@ class PatternEnsemble:
             self.weights = self._accuracy_weights(dev_items or train_items, dev_targets or train_targets,
                                                   trainer.config.eval_batch_size)
         start = _cpu(self.members[0].trainable_state_dict())
+        results = self._train(trainer, start, train_items, train_targets, dev_items, dev_targets)
+        if self.config.distil:
+            results.append(self._distil(trainer, start, dev_items, dev_targets, stage=len(results)))
+        return _combined(results, distilled=self.config.distil)
+
+    def _train(self, trainer: Trainer, start, train_items, train_targets, dev_items, dev_targets) -> list[TrainResult]:
+        """PET: each member once, on the labelled examples (iPET trains generations: `ipet`)."""
+        training_sets = [(items, train_targets) for items in train_items]
+        return self.train_members(trainer, start, training_sets, dev_items, dev_targets, first_stage=0)
+
+    def train_members(self, trainer: Trainer, start, training_sets: list[tuple[list, list]], dev_items, dev_targets,
+                      first_stage: int) -> list[TrainResult]:
+        """Train every member from `start` on its (items, targets), as stages `first_stage`, `first_stage + 1`, ...;
+        the ensemble then holds their trained states."""
         states, results = [], []
-        for index, member in enumerate(self.members):
+        for index, (member, (items, targets)) in enumerate(zip(self.members, training_sets)):
             log.info("ensemble member %d/%d: pattern '%s'", index + 1, len(self.members), member.prompt.pattern)
             member.load_trainable_state_dict(start)
             dev = dev_items[index] if dev_items else None
-            results.append(trainer.fit(member, train_items[index], train_targets, dev, dev_targets, stage=index,
-                                       extra_loss=auxiliary_loss(member, train_items[index])))
+            results.append(trainer.fit(member, items, targets, dev, dev_targets, stage=first_stage + index,
+                                       extra_loss=auxiliary_loss(member, items)))
             states.append(_cpu(member.trainable_state_dict()))
         self.states, self.loaded = states, len(states) - 1
-        if self.config.distil:
-            results.append(self._distil(trainer, start, dev_items, dev_targets))
-        return _combined(results, distilled=self.config.distil)
+        return results
 
-    def _distil(self, trainer: Trainer, start, dev_items, dev_targets) -> TrainResult:
+    def _distil(self, trainer: Trainer, start, dev_items, dev_targets, stage: int) -> TrainResult:
         """Train the first pattern's model, from the pretrained start, on the ensemble's soft labels."""
         unlabelled = self.config.unlabelled_examples()
         items = [member.featurize(unlabelled, progress=False) for member in self.members]
@@ -157,7 +184,7 @@ class PatternEnsemble:
         first = self.members[0]
         first.load_trainable_state_dict(start)
         return trainer.fit(first, items[0], soft.tolist(), dev_items[0] if dev_items else None, dev_targets,
-                           stage=len(self.members), extra_loss=auxiliary_loss(first, items[0]))
+                           stage=stage, extra_loss=auxiliary_loss(first, items[0]))
 
     def _accuracy_weights(self, items: list[list], targets, batch_size: int) -> torch.Tensor:
         """Each pattern's accuracy before training, normalised: PET's weighting of its ensemble."""

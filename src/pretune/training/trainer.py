@@ -214,7 +214,8 @@ class Trainer:
             best_state = self._evaluation(stage, loop, eval_every, dev_items, dev_targets, best_state)
         method.train()
         start = time.perf_counter()
-        bar = tqdm(total=total, initial=loop.step, desc=f"training {method.name}", unit="step", disable=not self.progress)
+        desc = f"training {method.name}" + (f", stage {stage}" if stage else "")  # a recipe's later stages named
+        bar = tqdm(total=total, initial=loop.step, desc=desc, unit="step", disable=not self.progress)
         while loop.step < total:
             step_loss = self._step(model, optimizer, params, batches, train_items, targets_all, loop)
             rates = {group.get("name", str(i)): group["lr"] for i, group in enumerate(optimizer.param_groups)}
