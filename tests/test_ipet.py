@@ -250,6 +250,8 @@ REFUSALS = {
     "no generation": (["--generations", "0"], "--generations must be at least 1, got 0"),
     "growth of 1": (["--pattern", PATTERNS[0], "--pattern", PATTERNS[1], "--unlabelled", "{task}/train.jsonl",
                      "--generations", "2", "--generation-growth", "1"], "--generation-growth must be at least 2, got 1"),
+    "growth without generations": (["--generation-growth", "3"],
+                                   "--generation-growth 3 grows iPET's generations: give --generations 2 or more"),
     "another method": (["--method", "ptuning", "--generations", "2"],
                        "method 'ptuning' has no option generations (its options: aggregate, calibrate, encoder, head, "
                        "max_length, patterns, prompt_length, readout, scoring, verbalizer)"),

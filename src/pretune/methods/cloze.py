@@ -69,6 +69,9 @@ ENCODER_RATES = {"lstm": 3e-4, "mlp": 3e-4, "none": 1e-2}
 OWN_RATE = 1e-3  # a prefix's, and a head readout's over a plain pattern
 
 
+GENERATION_GROWTH = 5  # iPET's factor d (Schick & Schütze 2021)
+
+
 @dataclass
 class ClozeConfig(MethodConfig):
     method: str = "pet"  # the preset's name (for messages)
@@ -92,7 +95,7 @@ class ClozeConfig(MethodConfig):
     distil: bool = False  # distil the trained ensemble into one model on the unlabelled examples
     distil_temperature: float = 2.0  # softens the ensemble's distributions used as soft labels (PET: 2)
     generations: int = 1  # iPET: generations of the ensemble, each on the one before's pseudo-labels; 1: PET
-    generation_growth: int = 5  # iPET: each generation's training set is this many times the one before's (paper: 5)
+    generation_growth: int = GENERATION_GROWTH  # iPET: each generation's training set is this many times the one before's (paper: 5)
 
     def __post_init__(self):
         if isinstance(self.patterns, str):
@@ -142,6 +145,8 @@ class ClozeConfig(MethodConfig):
             (self.generations == 1 or self.unlabelled,
              f"--generations {self.generations} pseudo-labels unlabelled texts: give --unlabelled FILE"),
             (self.generation_growth >= 2, f"--generation-growth must be at least 2, got {self.generation_growth}"),
+            (self.generations > 1 or self.generation_growth == GENERATION_GROWTH,
+             f"--generation-growth {self.generation_growth} grows iPET's generations: give --generations 2 or more"),
             (self.readout in READOUTS, f"unknown --readout '{self.readout}' (choose one of {', '.join(READOUTS)})"),
             (self.head in HEADS, f"unknown --head '{self.head}' (choose linear or mlp)"),
             (self.encoder in ENCODERS, f"unknown --encoder '{self.encoder}' (choose one of {', '.join(ENCODERS)})"),
