@@ -127,6 +127,21 @@ def test_resumed_pet_ensemble_skips_finished_phases_and_continues_the_current_on
     assert_same_run(tmp_path / "crashed", tmp_path / "straight")
 
 
+def test_resumed_pet_with_learned_label_tokens_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """The learned label rows (and their optimizer state) are in the checkpoint like any trained weight."""
+    config = tiny_config(tmp_path, method="pet", train="frozen", patterns=["{text} It was {mask}."],
+                         verbalizer="positive=good negative=bad", label_tokens="learned")
+    train_run(config, tmp_path / "straight", progress=False, backbone=tiny_bert())
+    assert set(load_weights(tmp_path / "straight" / "adapter.safetensors")) == {
+        "verbalizer.label_rows.weight", "verbalizer.label_rows.bias"}
+    crash_after(monkeypatch, 0, 5)
+    with pytest.raises(Crash):
+        train_run(config, tmp_path / "crashed", progress=False, backbone=tiny_bert())
+    monkeypatch.undo()
+    resume_run(tmp_path / "crashed", progress=False, backbone=tiny_bert())
+    assert_same_run(tmp_path / "crashed", tmp_path / "straight")
+
+
 def test_a_kill_between_the_renames_leaves_a_whole_checkpoint(tmp_path, monkeypatch):
     """Replacing a checkpoint is two renames (old aside, new in): a kill between them leaves only
     `.checkpoint.old`, which a reader uses and the writer puts back; a half-written new checkpoint
