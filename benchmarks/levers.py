@@ -18,6 +18,8 @@ Arms (smollm2-135m unless named; 200-example fixed test sample, the LM-BFF split
   scored by the log-probability of the text after its word;
 - zero-shot-reversed, pet-reversed: that turned-around pattern scored directly (the word's probability
   too): what the order alone does, so that channel's difference is the scoring's;
+- pet-learned-labels, prompt-tuning-learned-labels: the arm with learned label tokens (`--label-tokens
+  learned`, DART, Zhang et al. 2022): the label words' output rows train as copies at the method's own rate;
 - any arm + `-cal`: with contextual calibration (`--calibrate`: label probabilities divided by those of
   a content-free input), against the label bias a context of demonstrations can bring;
 - ipet: iPET (`--generations 2`, `--generation-growth 5`, Schick & Schütze 2021) on the first two
@@ -102,6 +104,8 @@ def run_config(task: str, seed: int, arm: str):
     options, steps, method = {}, 100, "pet"
     calibrate = arm.endswith("-cal")
     arm = arm.removesuffix("-cal")
+    learned_labels = arm.endswith("-learned-labels")
+    arm = arm.removesuffix("-learned-labels")
     if arm.endswith("demos"):
         pattern, verbalizer = demonstrations(task, seed)
         options = {"patterns": [pattern], "verbalizer": verbalizer}
@@ -119,6 +123,8 @@ def run_config(task: str, seed: int, arm: str):
         steps, options = 40, ipet_options(task, seed)
     if calibrate:
         options["calibrate"] = True
+    if learned_labels:
+        options["label_tokens"] = "learned"
     training = TrainConfig(steps=steps, batch_size=8, seed=seed, checkpoint_every=0)
     return RunConfig(task=task, model=MODEL, method=method, method_options=options, split_seed=seed,
                      test_sample=TEST_SAMPLE, dtype="bfloat16", training=training)
@@ -249,7 +255,8 @@ def report(store: dict) -> str:
         task, seed, arm = key.split("/")
         cells.setdefault((task, int(seed)), {})[arm] = record
     arms = ["zero-shot", "zero-shot-cal", "zero-shot-demos", "zero-shot-demos-cal", "zero-shot-reversed",
-            "zero-shot-channel", "prompt-tuning", "pet", "pet-demos", "pet-reversed", "pet-channel", "ipet", "setfit-mpnet"]
+            "zero-shot-channel", "prompt-tuning", "prompt-tuning-learned-labels", "pet", "pet-demos", "pet-reversed",
+            "pet-channel", "pet-learned-labels", "ipet", "setfit-mpnet"]
     lines = ["# Levers on small samples (issue 16, step 6)", "",
              f"smollm2-135m unless named; LM-BFF split 16-<seed>; test: a fixed random sample of {TEST_SAMPLE} "
              "examples (seed 0) of the task's test set, the same for every arm; accuracy ×100. Made by "

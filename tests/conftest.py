@@ -104,6 +104,15 @@ def tiny_causal() -> Backbone:
     return _tiny("causal", "smollm2-135m")
 
 
+@pytest.fixture
+def causal_folder(tmp_path, tiny_causal) -> Path:
+    """The tiny causal LM saved as a model folder, for the command line."""
+    folder = tmp_path / "tiny-causal"
+    tiny_causal.model.save_pretrained(folder)
+    tiny_causal.tokenizer.save_pretrained(folder)
+    return folder
+
+
 # ---------------------------------------------------------------- real pretrained models
 
 

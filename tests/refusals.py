@@ -22,6 +22,12 @@ def assert_refused(code: int, err: str, expected: str, out: Path | None = None) 
         assert not claims_complete(out)
 
 
+def assert_refused_whole(code: int, err: str, expected: str, out: Path | None = None) -> None:
+    """`assert_refused`, and the line is pretune's own and holds exactly `expected`."""
+    assert_refused(code, err, expected, out)
+    assert err.strip() == f"pretune: error: {expected}"
+
+
 def run_main(argv: list) -> int:
     """`pretune.cli.main` in this process; a usage error (argparse exits) gives its exit code."""
     from pretune.cli import main

@@ -18,7 +18,7 @@ from pretune.methods import build_methods, make_config
 from pretune.training.recipes import tuned
 from pretune.training.trainer import TrainConfig, Trainer
 from pretune.tuning import BodyTraining
-from refusals import assert_refused, run_main
+from refusals import assert_refused_whole, run_main
 
 PATTERN = "It was {mask}. {text}"
 SINGLE_TOKEN = "negative=bad positive=great"
@@ -146,14 +146,6 @@ def test_one_training_step_with_channel_lowers_the_loss(tiny_causal, task):
 # ---------------------------------------------------------------- the command line
 
 
-@pytest.fixture
-def causal_folder(tmp_path, tiny_causal):
-    folder = tmp_path / "tiny-causal"
-    tiny_causal.model.save_pretrained(folder)
-    tiny_causal.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def channel_options(model) -> list[str]:
     return ["--model", model, "--method", "pet", "--scoring", "channel", "--pattern", PATTERN, "--verbalizer",
             MULTI_TOKEN, "--dtype", "float32", "--quiet"]
@@ -224,8 +216,7 @@ def test_channel_refusals_are_one_whole_line(case, causal_folder, task_folder, t
             "--steps", "1", "--quiet", *given, "--out", out]
     code = run_main(argv)
     err = capsys.readouterr().err
-    assert_refused(code, err, message, out)
-    assert err.strip() == f"pretune: error: {message}"
+    assert_refused_whole(code, err, message, out)
 
 
 def test_channel_on_a_masked_lm_is_refused_in_one_whole_line(tmp_path, tiny_mlm, task_folder, capsys):
@@ -237,8 +228,7 @@ def test_channel_on_a_masked_lm_is_refused_in_one_whole_line(tmp_path, tiny_mlm,
                      "--pattern", "It was {mask}. {text}", "--steps", "1", "--quiet", "--out", out])
     message = f"--scoring channel needs a causal LM; model '{folder}' is a masked LM (leave --scoring direct)"
     err = capsys.readouterr().err
-    assert_refused(code, err, message, out)
-    assert err.strip() == f"pretune: error: {message}"
+    assert_refused_whole(code, err, message, out)
 
 
 # ---------------------------------------------------------------- a real model

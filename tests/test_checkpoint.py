@@ -55,6 +55,18 @@ def tiny_bert():
     return _tiny("mlm", "bert-tiny")
 
 
+def assert_resumed_equals_straight(config: RunConfig, root, monkeypatch, step: int) -> None:
+    """Train `config` whole (root/straight) and crashed after phase 0's checkpoint at `step`, then
+    resumed (root/crashed): the two runs must be the same."""
+    train_run(config, root / "straight", progress=False, backbone=tiny_bert())
+    crash_after(monkeypatch, 0, step)
+    with pytest.raises(Crash):
+        train_run(config, root / "crashed", progress=False, backbone=tiny_bert())
+    monkeypatch.undo()
+    resume_run(root / "crashed", progress=False, backbone=tiny_bert())
+    assert_same_run(root / "crashed", root / "straight")
+
+
 @pytest.fixture(scope="module")
 def straight_head(tmp_path_factory):
     """An uninterrupted run: what every resumed head run must equal."""
@@ -125,6 +137,15 @@ def test_resumed_pet_ensemble_skips_finished_phases_and_continues_the_current_on
     monkeypatch.undo()
     resume_run(tmp_path / "crashed", progress=False, backbone=tiny_bert())
     assert_same_run(tmp_path / "crashed", tmp_path / "straight")
+
+
+def test_resumed_pet_with_learned_label_tokens_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """The learned label rows (and their optimizer state) are in the checkpoint like any trained weight."""
+    config = tiny_config(tmp_path, method="pet", train="frozen", patterns=["{text} It was {mask}."],
+                         verbalizer="positive=good negative=bad", label_tokens="learned")
+    assert_resumed_equals_straight(config, tmp_path, monkeypatch, 5)
+    assert set(load_weights(tmp_path / "straight" / "adapter.safetensors")) == {
+        "verbalizer.label_rows.weight", "verbalizer.label_rows.bias"}
 
 
 def test_a_kill_between_the_renames_leaves_a_whole_checkpoint(tmp_path, monkeypatch):

@@ -228,6 +228,7 @@ def test_method_options_show_the_methods_own_defaults_and_choices():
 def test_the_clis_fixed_sets_are_the_librarys():
     from pretune.bench import command as bench_command
     from pretune.cloze.channel import SCORINGS
+    from pretune.cloze.label_rows import LABEL_TOKENS
     from pretune.cloze.readouts import READOUTS
     from pretune.cloze.soft import ENCODERS
     from pretune.cloze.verbalizer import AGGREGATIONS
@@ -240,7 +241,8 @@ def test_the_clis_fixed_sets_are_the_librarys():
 
     choices = {option.flag: tuple(option.choices) for option in METHOD_OPTIONS if option.choices}
     assert choices == {"--head": HEADS, "--pooling": POOLINGS, "--aggregate": AGGREGATIONS, "--ensemble-weighting": WEIGHTINGS,
-                       "--encoder": ENCODERS, "--readout": tuple(READOUTS), "--scoring": SCORINGS}
+                       "--encoder": ENCODERS, "--readout": tuple(READOUTS), "--scoring": SCORINGS,
+                       "--label-tokens": LABEL_TOKENS}
     assert METHODS == tuple(spec.name for spec in SPECS)
     assert DTYPES == bench_command.DTYPES == LIBRARY_DTYPES
     probe = subcommands(build_parser())["probe"]._option_string_actions

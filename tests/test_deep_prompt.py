@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import _tiny
-from pretune.api import RunConfig, load_run, resume_run, train_run
+from pretune.api import RunConfig, load_run, train_run
 from pretune.cli import main
 from pretune.cloze.prefix import model_key_values
 from pretune.data import Example
@@ -16,7 +16,6 @@ from pretune.methods import ClozeMethod, build_method
 from pretune.runs import load_weights
 from pretune.training.trainer import TrainConfig, Trainer
 from pretune.tuning import BodyTraining
-from run_folders import assert_same_run
 
 PATTERN = "{text} It was {mask}."
 
@@ -116,16 +115,10 @@ def test_refusals(tiny_causal, task):
 
 
 def test_resumed_run_with_reparameterisation_equals_an_uninterrupted_one(tmp_path, monkeypatch):
-    from test_checkpoint import Crash, crash_after, tiny_bert, tiny_config
+    from test_checkpoint import assert_resumed_equals_straight, tiny_config
 
     config = tiny_config(tmp_path, method="deep-prompt", train="frozen", patterns=[PATTERN], prompt_length=2, reparam=True)
-    train_run(config, tmp_path / "straight", progress=False, backbone=tiny_bert())
-    crash_after(monkeypatch, 0, 6)
-    with pytest.raises(Crash):
-        train_run(config, tmp_path / "crashed", progress=False, backbone=tiny_bert())
-    monkeypatch.undo()
-    resume_run(tmp_path / "crashed", progress=False, backbone=tiny_bert())
-    assert_same_run(tmp_path / "crashed", tmp_path / "straight")
+    assert_resumed_equals_straight(config, tmp_path, monkeypatch, 6)
     assert list(load_weights(tmp_path / "straight" / "adapter.safetensors")) == ["prefix.key_values"]
 
 

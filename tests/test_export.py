@@ -164,6 +164,7 @@ def tiny_runs(tmp_path_factory) -> dict:
         "ptuning-lora": configured_run(root, "ptuning-lora", "ptuning", train="lora", prompt_length=2),
         "ensemble": configured_run(root, "ensemble", "pet", patterns=["{text} It was {mask}.", "{text} So {mask}."]),
         "head-readout": configured_run(root, "head-readout", "ptuning", readout="head"),
+        "learned-labels": configured_run(root, "learned-labels", "pet", train="lora", label_tokens="learned"),
     }
 
 
@@ -176,6 +177,8 @@ def tiny_runs(tmp_path_factory) -> dict:
     ("head", "transformers", "a --method head run holds pretune's own head"),
     ("ensemble", "transformers", "a pattern ensemble (2 patterns) cannot be exported"),
     ("head-readout", "prompt", "--readout head is pretune's own head at the mask"),
+    ("learned-labels", "peft", "--label-tokens learned scores the label words with pretune's own trained rows, "
+                               "which no export format holds; export covers runs with --label-tokens fixed"),
 ])
 def test_what_a_format_cannot_hold_is_one_line_and_exit_2(tiny_runs, tmp_path, capsys, name, format, message):
     out = tmp_path / "out"

@@ -253,7 +253,7 @@ REFUSALS = {
     "growth without generations": (["--generation-growth", "3"],
                                    "--generation-growth 3 grows iPET's generations: give --generations 2 or more"),
     "another method": (["--method", "ptuning", "--generations", "2"],
-                       "method 'ptuning' has no option generations (its options: aggregate, calibrate, encoder, head, "
+                       "method 'ptuning' has no option generations (its options: aggregate, calibrate, encoder, head, label_tokens, "
                        "max_length, patterns, prompt_length, readout, scoring, verbalizer)"),
 }
 

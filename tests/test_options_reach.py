@@ -42,6 +42,7 @@ OPTIONS = [
     (["--verbalizer", "positive=good negative=bad"], "method_options.verbalizer", "positive=good negative=bad"),
     (["--aggregate", "mean"], "method_options.aggregate", "mean"),
     (["--scoring", "channel"], "method_options.scoring", "channel"),
+    (["--label-tokens", "learned"], "method_options.label_tokens", "learned"),
     (["--calibrate"], "method_options.calibrate", True),
     (["--unlabelled", "texts.jsonl"], "method_options.unlabelled", "texts.jsonl"),
     (["--aux-lm-weight", "0.25"], "method_options.aux_lm_weight", 0.25),
@@ -186,6 +187,14 @@ def test_scoring_channel_scores_only_the_text_after_the_word(tiny_causal, task):
     one_token_words = 2
     # tests/test_channel.py checks the channel scores by value
     assert len(channel.collate(items).target_token) == len(direct.collate(items).target_token) - one_token_words
+
+
+def test_label_tokens_learned_adds_trainable_label_rows(tiny_mlm, task):
+    pattern = ("--method", "pet", "--pattern", "{text} It was {mask}.", "--verbalizer", "positive=great negative=bad")
+    fixed, learned = built(tiny_mlm, task, *pattern), built(tiny_mlm, task, *pattern, "--label-tokens", "learned")
+    assert "verbalizer.label_rows.weight" not in dict(fixed.named_parameters())
+    # tests/test_label_tokens.py checks what the rows score and how they train
+    assert learned.readout.label_rows.weight.shape == (2, 32) and learned.readout.label_rows.weight.requires_grad
 
 
 def test_calibrate_changes_the_evaluation_scores(tiny_mlm, task):

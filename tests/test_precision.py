@@ -122,6 +122,10 @@ def test_float32_leaves_every_parameter_float32(tiny_causal, task):
 
 @pytest.mark.parametrize("method,options", [
     ("pet", {}), ("ptuning", {}), ("ptuning", {"readout": "head"}), ("deep-prompt", {"prompt_length": 2}),
+    # words of several tokens over a frozen body: their normaliser reads the whole output layer, held in
+    # bfloat16, in float32
+    ("ptuning", {"verbalizer": "positive=phenomenally negative=abysmally"}),
+    ("ptuning", {"verbalizer": "positive=phenomenally negative=abysmally", "label_tokens": "learned"}),
 ])
 def test_label_scores_and_the_loss_are_float32(tiny_causal, task, method, options):
     built = _method(tiny_causal, task, method, **options)

@@ -46,6 +46,9 @@ METHOD_OPTIONS = [
     MethodOption("--scoring", "scoring", str, "pet, ptuning, prompt-tuning, deep-prompt on a causal LM: a label "
                  "by its word's probability after the text (direct), or by the text's after the word (channel, "
                  "Min et al. 2022; the pattern puts {mask} before the text)", ("direct", "channel"), "direct"),
+    MethodOption("--label-tokens", "label_tokens", str, "pet, ptuning, prompt-tuning, deep-prompt: the label words' "
+                 "output rows as the model has them (fixed), or trainable copies that train at --lr (learned, DART: "
+                 "Zhang et al. 2022)", ("fixed", "learned"), "fixed"),
     MethodOption("--calibrate", "calibrate", bool, "pet: contextual calibration by content-free inputs (Zhao et al. 2021)"),
     MethodOption("--unlabelled", "unlabelled", str, "pet: data file of unlabelled texts (auxiliary LM loss, distillation)",
                  metavar="FILE"),
@@ -74,7 +77,7 @@ METHOD_OPTIONS = [
 # Each method's default learning rates, as --help shows them (see methods.cloze and methods.head).
 RATE_DEFAULTS = {
     "lr": "head 1e-3; ptuning 3e-4 (1e-2 with --encoder none); prompt-tuning 1e-2; deep-prompt 1e-3; "
-          "pet adds no parameters of its own (--lr is refused)",
+          "pet adds no parameters of its own (--lr is refused), 1e-3 with --label-tokens learned",
     "body_lr": "head 2e-5; the cloze methods 1e-5 (5e-4 with --train lora, 1e-3 with --train bitfit)",
 }
 

@@ -4,36 +4,47 @@ A batch's rows and targets are laid out by the LM kind (`lm`); a word's score is
 targets' log-probabilities, all rows of a batch going through the model together.
 
 Only the label words' rows of the output layer are used (never the full vocabulary), plus the
-output bias and logit soft-capping where the model has them. A log-probability also needs the
-normaliser log Z over the vocabulary at its position; wherever that normaliser is the same for
-every word of an example it adds the same constant to every label's score, which no softmax over
-labels can see, so it is skipped. That holds for a word's first token in a causal LM (all words
-are predicted from the same prefix) and for every mask of a masked LM when all words have the same
-number of tokens. Only the remaining positions (later tokens of multi-token words, text after the
-mask) project onto the full vocabulary, and only there. `full_vocabulary_word_scores` computes the
+output bias and logit soft-capping where the model has them; which rows those are (the model's
+own, or trainable copies with `--label-tokens learned`) is the business of `label_rows`. A
+log-probability also needs the normaliser log Z over the vocabulary at its position; wherever that
+normaliser is the same for every word of an example it adds the same constant to every label's
+score, which no softmax over labels can see, so it is skipped. That holds for a word's first token
+in a causal LM (all words are predicted from the same prefix) and for every mask of a masked LM
+when all words have the same number of tokens. Only the remaining positions (later tokens of
+multi-token words, text after the mask) project onto the full vocabulary, and only there. `full_vocabulary_word_scores` computes the
 same scores the naive way (all logits of the model, then index), as a reference.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..backbones import Backbone
 from ..errors import UserError
 from ..precision import exact
+from .label_rows import LearnedRows, OutputRows
 from .lm import ClozeBatch, language_model
 
 
-class LabelWordScorer:
-    """Word scores [B, W] from a batch laid out by the LM kind, reading only the label words' output rows."""
+def output_layer(backbone: Backbone) -> nn.Module:
+    """The model's output layer (its vocabulary projection); a UserError for a model without one."""
+    output = backbone.model.get_output_embeddings()
+    if output is None:
+        raise UserError(f"model '{backbone.name}' exposes no output layer to read label words from")
+    return output
 
-    def __init__(self, backbone: Backbone):
+
+class LabelWordScorer:
+    """Word scores [B, W] from a batch laid out by the LM kind, reading only the label words' output rows
+    (`rows`: the model's own unless given)."""
+
+    def __init__(self, backbone: Backbone, rows: OutputRows | LearnedRows | None = None):
         self.lm = language_model(backbone)
         self.model = backbone.model
         self.body = backbone.body
-        self.output = self.model.get_output_embeddings()
-        if self.output is None:
-            raise UserError(f"model '{backbone.name}' exposes no output layer to read label words from")
+        self.output = output_layer(backbone)
+        self.rows = rows if rows is not None else OutputRows(self.output)
         self.softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
         self._transform = self.lm.output_transform(self.model)  # what the output layer reads
 
@@ -45,11 +56,11 @@ class LabelWordScorer:
 
     def word_scores_from_hidden(self, hidden: torch.Tensor, batch: ClozeBatch) -> torch.Tensor:
         picked = self._transform(hidden[batch.target_row, batch.target_position])  # [K, H]
-        tokens = batch.target_token
+        weight, bias = self.rows.rows(batch.target_token)
         # Label scores in float32 whatever the body computed in: K dot products cost nothing.
-        scores = (picked.float() * self.output.weight[tokens].float()).sum(dim=-1)
-        if self.output.bias is not None:
-            scores = scores + self.output.bias[tokens].float()
+        scores = (picked.float() * weight.float()).sum(dim=-1)
+        if bias is not None:
+            scores = scores + bias.float()
         scores = self._softcapped(scores)
         if batch.target_normalize.any():
             scores = scores - self._log_normalisers(picked, batch)
@@ -65,7 +76,7 @@ class LabelWordScorer:
         bfloat16: its logits feed softmaxes over tens of thousands of entries, where bfloat16's three
         significant digits would move a log-probability by a tenth."""
         with exact(picked.device.type):
-            return self._softcapped(self.output(picked.float()).float())
+            return self._softcapped(self.rows.logits(picked.float()).float())
 
     def _log_normalisers(self, picked: torch.Tensor, batch: ClozeBatch) -> torch.Tensor:
         """log Z over the full vocabulary, computed once per distinct (row, position) that needs it."""

@@ -11,8 +11,8 @@ how their scores combine, so that label scores can be recomputed without pretune
 (examples/load_prompt.py does it in plain torch and transformers).
 
 What a format cannot hold is refused with one line before anything is written: a pattern ensemble,
-a `head` run or a head readout (pretune's own modules), a soft prompt in PEFT or transformers form,
-a prompt export of a run whose body trained too. The output folder is written beside its target and
+a `head` run, a head readout or learned label tokens (pretune's own modules), a soft prompt in PEFT
+or transformers form, a prompt export of a run whose body trained too. The output folder is written beside its target and
 moved into place whole; an existing non-empty folder is refused, and with `force` only an earlier
 export (one holding pretune_prompt.json) is replaced.
 """
@@ -78,6 +78,9 @@ def refuse_what_format_cannot_hold(config, format: str) -> None:
                         "export a run of one pattern")
     if options.get("readout") == "head":
         raise UserError("--readout head is pretune's own head at the mask; export covers the verbalizer readout")
+    if options.get("label_tokens") == "learned":
+        raise UserError("--label-tokens learned scores the label words with pretune's own trained rows, which no "
+                        "export format holds; export covers runs with --label-tokens fixed")
     soft = config.method in ("ptuning", "prompt-tuning", "deep-prompt")
     if format == "peft" and (training != "lora" or soft):
         what = f"--method {config.method}'s trained prompt" if soft else f"--train {training}"

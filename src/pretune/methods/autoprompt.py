@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from ..cloze.label_rows import FIXED
 from ..cloze.pattern import Pattern
 from ..cloze.prompt import BUILT_IN, ptuning_template
 from ..cloze.search import SearchResult, search_prompt
@@ -41,7 +42,8 @@ def searched(config: ClozeConfig, task: Task, backbone, calibrate_given: bool = 
     result = search_prompt(
         backbone, task, patterns=given or None, words=words, find_words=words is None,
         calibrate=config.calibrate if calibrate_given else None, how=config.aggregate,
-        ensemble=config.input == "pattern" and not config.distil and not user_patterns,
+        # Learned label rows train one prompt's words: an ensemble's members would each need their own.
+        ensemble=config.input == "pattern" and not config.distil and not user_patterns and config.label_tokens == FIXED,
         max_length=config.max_length, progress=progress,
     )
     patterns = user_patterns or result.patterns

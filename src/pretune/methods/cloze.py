@@ -40,6 +40,7 @@ from ..cloze.channel import (
     scored_language_model,
 )
 from ..cloze.inputs import INPUTS, build_input
+from ..cloze.label_rows import FIXED, LABEL_TOKENS, LEARNED
 from ..cloze.lm import ClozeBatch
 from ..cloze.pattern import Pattern, Rendered
 from ..cloze.prompt import BoundPrompt, Prompt, fitting_length, ptuning_template, resolve_prompts
@@ -81,6 +82,7 @@ class ClozeConfig(MethodConfig):
     aggregate: str = DEFAULT_AGGREGATION  # how a label's words combine: logsumexp | mean | max
     scoring: str = DIRECT  # direct: the word given the text | channel: the text after the word (causal LMs, cloze.channel)
     calibrate: bool = False  # contextual calibration of the label probabilities
+    label_tokens: str = FIXED  # the label words' output rows: the model's (fixed) or trainable copies (learned, DART)
     max_length: int = 256
     readout: str = "verbalizer"  # label scores from the verbalizer's words, or a head on the hidden state read there
     head: str = "linear"  # the head of `readout: head`: linear | mlp
@@ -109,8 +111,8 @@ class ClozeConfig(MethodConfig):
     def default_rates(self, training: BodyTraining) -> Rates:
         body = BODY_RATES.get(training.mode, DEFAULT_BODY_RATE)
         own = {"pattern": None, "soft": ENCODER_RATES[self.encoder], "prefix": OWN_RATE}[self.input]
-        if own is None and self.readout == "head":
-            own = OWN_RATE
+        if own is None and (self.readout == "head" or self.label_tokens == LEARNED):
+            own = OWN_RATE  # a head, or learned label rows, over a plain pattern
         return Rates(own=own, body=body)
 
     def validate(self, task: Task | None = None) -> None:
@@ -123,6 +125,8 @@ class ClozeConfig(MethodConfig):
             self._check_trained_prompt(parsed)
         if self.scoring == CHANNEL:
             self._check_channel(parsed)
+        if self.label_tokens == LEARNED:
+            self._check_learned_label_tokens()
         if task is not None:
             _check_task(task, parsed, words, self.method)
         # Only a task with training data reads the file: a saved run predicts without it.
@@ -153,6 +157,8 @@ class ClozeConfig(MethodConfig):
             (self.prompt_length is None or self.prompt_length >= 1, f"--prompt-length must be at least 1, got {self.prompt_length}"),
             (self.input in INPUTS, f"unknown input '{self.input}'"),
             (self.scoring in SCORINGS, f"unknown --scoring '{self.scoring}' (choose one of {', '.join(SCORINGS)})"),
+            (self.label_tokens in LABEL_TOKENS,
+             f"unknown --label-tokens '{self.label_tokens}' (choose one of {', '.join(LABEL_TOKENS)})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -181,6 +187,20 @@ class ClozeConfig(MethodConfig):
                             f"to --readout {self.readout}")
         for pattern in patterns:
             require_text_after_mask(pattern)
+
+    def _check_learned_label_tokens(self) -> None:
+        """What learned label rows cannot go with. `--pattern auto` can: the words are chosen first, the
+        rows start from them, and the search then picks one pattern, no ensemble (see `methods.autoprompt`)."""
+        if self.readout != "verbalizer":
+            raise UserError(f"--label-tokens learned trains the rows the verbalizer's words are scored with; "
+                            f"--readout {self.readout} reads no label words")
+        if self.scoring == CHANNEL:
+            raise UserError("--label-tokens learned trains the rows the label words are scored with; --scoring channel "
+                            "never scores the label words (they are its input): leave --label-tokens fixed")
+        if len(self.patterns) > 1:
+            # Each member would need its own rows, and an ensemble's members all start from the first's state.
+            raise UserError("--label-tokens learned trains one prompt's label words: give --pattern once "
+                            "(pattern ensembles keep --label-tokens fixed)")
 
     def unlabelled_examples(self) -> list[Example]:
         return read_examples(self.unlabelled, require_label=False) if self.unlabelled else []

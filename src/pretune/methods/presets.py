@@ -26,7 +26,7 @@ from .base import Method, MethodConfig
 from .cloze import ClozeConfig, ClozeMethod, run_prompts
 from .head import HeadConfig, HeadMethod
 
-PROMPT = ("patterns", "verbalizer", "aggregate", "scoring", "calibrate", "max_length")
+PROMPT = ("patterns", "verbalizer", "aggregate", "scoring", "label_tokens", "calibrate", "max_length")
 RECIPES = ("unlabelled", "aux_lm_weight", "aux_batch_size", "ensemble_weighting", "distil", "distil_temperature",
            "generations", "generation_growth")
 TRAINED_PROMPT = (*PROMPT, "readout", "head", "prompt_length")
