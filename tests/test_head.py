@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -91,3 +93,9 @@ def test_head_on_real_causal_and_masked_models(smollm2, bert_tiny, task):
         Trainer(TrainConfig(epochs=30, lr=1e-2), progress=False, log=None).fit(method, items, task.targets(task.train))
         assert method.trainable_parameter_count() == backbone.hidden_size * 2 + 2
         assert evaluate(method, task.train, task.targets(task.train))[0]["accuracy"] >= 0.75
+
+
+@pytest.mark.parametrize("labels, columns", [(["negative", "positive"], 2), (None, 1)])
+def test_no_items_score_to_an_empty_table_with_one_column_per_label(tiny_causal, task, labels, columns):
+    method = make(tiny_causal, replace(task, labels=labels, metric="accuracy" if labels else "pearson"))
+    assert method.score_items([]).shape == (0, columns)

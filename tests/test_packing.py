@@ -85,6 +85,8 @@ def test_a_frozen_body_splits_exactly_and_a_training_body_or_active_dropout_does
     assert method.splits_exactly()  # frozen body: eval mode inside a training method
     unfrozen = build_method("prompt-tuning", tiny_causal, task, {"prompt_length": 3}, BodyTraining.parse("full"))
     assert not unfrozen.train().splits_exactly()
+    method.add_module("idle_dropout", torch.nn.Dropout(0.0))
+    assert method.train().splits_exactly()  # a dropout of p=0 draws nothing
     method.add_module("extra_dropout", torch.nn.Dropout(0.1))
     assert not method.splits_exactly()
 

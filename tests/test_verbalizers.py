@@ -1,6 +1,10 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from pretune.cloze.lm import language_model
+from pretune.cloze.scoring import output_layer
 from pretune.cloze.verbalizer import Verbalizer, aggregate, tokenize_label_words
 from pretune.errors import UserError
 
@@ -96,3 +100,38 @@ def test_aggregations():
     with pytest.raises(UserError) as refused:
         aggregate(scores, labels, 2, "sum")
     assert str(refused.value) == "unknown aggregation 'sum' (choose one of logsumexp, mean, max)"
+
+
+def test_a_word_is_everything_after_the_first_equals_sign_and_a_string_is_one_word():
+    assert Verbalizer.parse("positive=a=b negative=c").words == {"positive": ("a=b",), "negative": ("c",)}
+    assert Verbalizer.from_mapping({"good": "great"}).words == {"good": ("great",)}  # not five letters
+
+
+def test_a_parsed_verbalizers_errors_quote_it():
+    with pytest.raises(UserError, match=r"^verbalizer 'positive=great, negative=bad': label 'positive' has an empty word$"):
+        Verbalizer.parse("positive=great, negative=bad")
+
+
+def test_tokenized_words_keep_their_names_labels_and_label_count_and_take_no_lead_by_default():
+    seen = []
+
+    def encode(text):
+        seen.append(text)
+        return [len(text), len(seen)]
+
+    words = tokenize_label_words(Verbalizer.parse("positive=great,fine negative=bad"), encode)
+    assert seen == ["great", "fine", "bad"]
+    assert (words.words, words.labels, words.num_labels) == (("great", "fine", "bad"), (0, 0, 1), 2)
+    assert words.token_ids == ((5, 1), (4, 2), (3, 3))
+    with pytest.raises(UserError, match=r"^verbalizer: word 'bad' of label 'negative' has no tokens$"):
+        tokenize_label_words(Verbalizer.parse("positive=great negative=bad"), lambda text: [] if "bad" in text else [1])
+
+
+def test_a_model_without_a_language_model_head_or_output_layer_is_refused_whole():
+    encoder = SimpleNamespace(kind="encoder", name="minilm-l6")
+    with pytest.raises(UserError, match=r"^model 'minilm-l6' has no language-model head \(kind encoder\); prompt methods "
+                                        r"need a masked or causal LM \(use --method head\)$"):
+        language_model(encoder)
+    headless = SimpleNamespace(model=SimpleNamespace(get_output_embeddings=lambda: None), name="headless")
+    with pytest.raises(UserError, match=r"^model 'headless' exposes no output layer to read label words from$"):
+        output_layer(headless)

@@ -143,7 +143,7 @@ class Method(nn.Module):
                 out[index] = row
         self.train(was_training)
         if not out:
-            return torch.zeros(0, max(self.task.num_labels, 1))
+            return torch.zeros(0, self.task.num_labels)  # no items: no rows, still one column per label
         return torch.stack(out)
 
     # -- what trained ---------------------------------------------------------------------
@@ -179,9 +179,10 @@ def trainable(params) -> list[nn.Parameter]:
 
 
 def body_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """The trainable body parameters: `body`, and `no_decay` for biases and norms (standard)."""
+    """The trainable body parameters: `body`, and `no_decay` for biases and norms' scales (standard): the
+    one-dimensional ones (every norm layer's parameters are vectors, so no name needs reading)."""
     groups: dict[str, list[nn.Parameter]] = {"body": [], "no_decay": []}
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
-            groups["no_decay" if param.ndim < 2 or "norm" in name.lower() else "body"].append(param)
+            groups["no_decay" if param.ndim < 2 else "body"].append(param)
     return groups
