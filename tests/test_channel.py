@@ -107,6 +107,9 @@ def test_an_empty_text_scores_every_label_zero(tiny_causal, task):
     in a batch (no target at all) or beside a text."""
     method = make(tiny_causal, task, patterns=["It was {mask} {text}"])
     assert torch.equal(method.label_scores([Example("")]), torch.zeros(1, 2))
+    empty = method.collate(method.featurize([Example("")]))  # no target at all: still index and mask tensors
+    assert empty.target_row.dtype == empty.target_position.dtype == empty.target_token.dtype == torch.long
+    assert empty.target_slot.dtype == torch.long and empty.target_normalize.dtype == torch.bool
     beside = method.label_scores([Example(""), Example(POSITIVE[0])])
     assert torch.equal(beside[0], torch.zeros(2)) and (beside[1] < -1).all()
 

@@ -40,6 +40,11 @@ def test_the_most_confident_texts_of_each_label_are_kept_ties_by_pool_order():
     assert labels == [0, 0, 1, 1, 1]
 
 
+def test_ties_keep_pool_order_in_a_pool_large_enough_for_an_unstable_sort_to_reorder_them():
+    distribution = torch.tensor([[0.3, 0.7]] * 64)  # torch's unstable sort reorders 64 equal values
+    assert ipet.most_confident(distribution, [0, 10]) == (list(range(10)), [1] * 10)
+
+
 def test_a_label_with_fewer_texts_than_asked_gives_what_it_has():
     distribution = torch.tensor([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
     assert ipet.most_confident(distribution, [5, 5]) == ([0, 2, 1], [0, 0, 1])
@@ -110,18 +115,30 @@ def scripted_ipet(names=("A", "B"), generations=2, growth=3, distil=False):
     return ipet.IteratedEnsemble([ScriptedMember(name, config, task) for name in names])
 
 
-def fit_recorded(ensemble, seed=42):
+def fit_recorded(ensemble, seed=42, targets=(0, 1), with_dev=False):
     """The recipe's fit with a trainer that trains nothing and records what each stage was given."""
     calls = []
 
     def fit(method, items, targets, dev_items, dev_targets, stage, extra_loss):
-        calls.append({"member": method.name, "items": list(items), "targets": list(targets), "stage": stage})
+        calls.append({"member": method.name, "items": list(items), "targets": list(targets), "stage": stage,
+                      "dev": dev_items})
         return TrainResult(steps=1, best_step=1, best_dev=0.5 + stage / 10)
 
     trainer = SimpleNamespace(config=SimpleNamespace(eval_batch_size=4, seed=seed), fit=fit)
-    labelled = [[(name, "labelled neg"), (name, "labelled pos")] for name in (m.name for m in ensemble.members)]
-    result = recipes.fit(ensemble, trainer, labelled, [0, 1])
+    names = [m.name for m in ensemble.members]
+    texts = ["labelled neg", "labelled pos"] if targets == (0, 1) else [f"labelled {i}" for i in range(len(targets))]
+    labelled = [[(name, text) for text in texts] for name in names]
+    dev = ([[(name, "dev")] for name in names], [1]) if with_dev else (None, None)
+    result = recipes.fit(ensemble, trainer, labelled, list(targets), *dev)
     return calls, result
+
+
+def test_each_label_counts_its_own_pseudo_labels_and_every_generation_trains_with_dev():
+    # labelled 1 negative, 2 positive; growth 3: 2 negative and 4 positive pool texts per member (both have them)
+    calls, result = fit_recorded(scripted_ipet(), targets=(0, 1, 1), with_dev=True)
+    assert [m["pseudo_labelled"] for m in result.generations[1]["members"]] == [{"negative": 2, "positive": 4}] * 2
+    assert [len(c["items"]) for c in calls] == [3, 3, 9, 9]
+    assert all(c["dev"] == [(c["member"], "dev")] for c in calls)  # the dev set chooses each member's state
 
 
 def test_the_second_generation_trains_on_the_labelled_set_plus_the_other_members_most_confident_texts():

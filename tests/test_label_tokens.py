@@ -16,6 +16,7 @@ from torch import nn
 from conftest import sentiment_task
 from pretune.api import RunConfig, load_run, train_run
 from pretune.backbones import Backbone
+from pretune.cloze.label_rows import OutputRows
 from pretune.cloze.scoring import LabelWordScorer
 from pretune.data import Example
 from pretune.methods import build_method
@@ -284,3 +285,14 @@ def test_learned_label_tokens_train_end_to_end_on_smollm2(tmp_path, task_folder)
     saved = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     for row, fresh in zip(saved, load_run(tmp_path / "run").predict([Example(r["text"]) for r in saved]), strict=True):
         assert fresh["probabilities"] == pytest.approx(row["probabilities"], abs=1e-5)
+
+
+def test_the_models_own_rows_give_the_layers_logits_bias_included_in_the_hidden_states_format():
+    torch.manual_seed(0)
+    layer, hidden = nn.Linear(4, 6), torch.randn(3, 4)
+    rows = OutputRows(layer)
+    assert torch.allclose(rows.logits(hidden), layer(hidden))
+    layer.to(torch.bfloat16)  # a frozen layer as `precision.hold_frozen` holds it
+    logits = rows.logits(hidden)
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, hidden @ layer.weight.float().T + layer.bias.float())

@@ -117,7 +117,7 @@ class IteratedEnsemble(PatternEnsemble):
                        batch_size: int) -> list[tuple[list[int], list[tuple[int, int]]]]:
         """For each member, the other members of the last generation that labelled the pool for it, and the
         pool texts (index, label) kept."""
-        distributions = self.member_distributions(pool_items, batch_size)
+        distributions = self.member_distributions(pool_items, batch_size, temperature=1.0)  # hard labels: no softening
         counts = added_per_label(train_targets, len(self.task.labels), self.config.generation_growth, generation)
         added = []
         for member in range(len(self.members)):

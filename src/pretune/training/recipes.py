@@ -128,7 +128,7 @@ class PatternEnsemble:
             mixture = mixture + weight * distribution
         return mixture
 
-    def member_distributions(self, items: list[list], batch_size: int, temperature: float = 1.0) -> list[torch.Tensor]:
+    def member_distributions(self, items: list[list], batch_size: int, temperature: float) -> list[torch.Tensor]:
         """Each member's label distributions [N, C], member by member (one weight swap each)."""
         distributions = []
         for index, member_items in enumerate(items):
