@@ -11,8 +11,9 @@ normaliser is the same for every word of an example it adds the same constant to
 score, which no softmax over labels can see, so it is skipped. That holds for a word's first token
 in a causal LM (all words are predicted from the same prefix) and for every mask of a masked LM
 when all words have the same number of tokens. Only the remaining positions (later tokens of
-multi-token words, text after the mask) project onto the full vocabulary, and only there. `full_vocabulary_word_scores` computes the
-same scores the naive way (all logits of the model, then index), as a reference.
+multi-token words, text after the mask) project onto the full vocabulary, and only there.
+`full_vocabulary_word_scores` computes the same scores the naive way (all logits of the model, then
+index), as a reference.
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ class LabelWordScorer:
         self.lm = language_model(backbone)
         self.model = backbone.model
         self.body = backbone.body
-        self.output = output_layer(backbone)
-        self.rows = rows if rows is not None else OutputRows(self.output)
+        self.rows = rows if rows is not None else OutputRows(output_layer(backbone))
         self.softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
         self._transform = self.lm.output_transform(self.model)  # what the output layer reads
 
